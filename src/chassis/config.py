@@ -1,0 +1,180 @@
+"""Typed configuration: the one module that reads the environment.
+
+Settings are pydantic-settings models. Every field can be set, from highest to
+lowest precedence, by:
+
+1. keyword arguments (``ChassisSettings(http={"port": 9000})`` or
+   :func:`load_settings` overrides);
+2. environment variables, prefixed ``CHASSIS_`` with ``__`` between nested
+   names (``CHASSIS_HTTP__PORT=9000``, ``CHASSIS_LOG__LEVEL=DEBUG``);
+3. a ``.env`` file in the working directory (same names);
+4. the defaults declared here.
+
+Service-specific settings subclass :class:`ChassisSettings`::
+
+    class OrdersSettings(ChassisSettings):
+        exchange_url: str = "http://127.0.0.1:9100"
+        api_key: SecretStr
+
+    service = Service("orders", settings=OrdersSettings)   # read at startup
+
+Invalid values raise :class:`~chassis.exceptions.ConfigError` listing every bad
+field with its environment variable; secret values never appear in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
+    "ChassisSettings",
+    "HealthSettings",
+    "HttpSettings",
+    "LogSettings",
+    "env_var_name",
+    "load_settings",
+]
+
+ENV_PREFIX = "CHASSIS_"
+ENV_NESTED_DELIMITER = "__"
+
+SettingsT = TypeVar("SettingsT", bound="ChassisSettings")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogSettings(_Section):
+    """``CHASSIS_LOG__*``: logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Root log level."""
+    format: Literal["json", "console"] = "json"
+    """``json`` lines for machines, ``console`` for people."""
+    access_log: bool = True
+    """Emit one access-log line per request."""
+    access_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Fraction of successful (< 400) requests logged; errors are always logged."""
+    background_writes: bool = True
+    """Write log lines from a background thread so a slow stdout never blocks the event loop."""
+
+
+class HttpSettings(_Section):
+    """``CHASSIS_HTTP__*``: the HTTP server."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Use ``0.0.0.0`` inside a container."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port; ``0`` picks a free one."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Largest request body accepted; larger ones get 413."""
+    keepalive_timeout_seconds: float = Field(default=75.0, gt=0)
+    """Idle keep-alive connections are closed after this long."""
+
+
+class HealthSettings(_Section):
+    """``CHASSIS_HEALTH__*``: probes and graceful drain."""
+
+    drain_delay_seconds: float = Field(default=5.0, ge=0)
+    """After SIGTERM, how long readiness answers 503 before the listener closes."""
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
+    """How long in-flight requests may take to finish once the listener is closed."""
+    check_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Default timeout of a health check that sets none."""
+    max_event_loop_lag_seconds: float = Field(default=2.0, gt=0)
+    """Liveness fails when the event loop lags more than this."""
+    lag_probe_interval_seconds: float = Field(default=0.5, gt=0)
+    """How often the event-loop lag is measured."""
+
+
+class ChassisSettings(BaseSettings):
+    """Every setting of a chassis service. Subclass it to add your own."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: str = "development"
+    """Deployment environment name (``CHASSIS_ENVIRONMENT``), e.g. ``production``."""
+    log: LogSettings = LogSettings()
+    http: HttpSettings = HttpSettings()
+    health: HealthSettings = HealthSettings()
+
+
+def env_var_name(loc: tuple[int | str, ...], prefix: str = ENV_PREFIX) -> str:
+    """The environment variable that sets the field at ``loc``.
+
+    >>> env_var_name(("http", "port"))
+    'CHASSIS_HTTP__PORT'
+    """
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return prefix + ENV_NESTED_DELIMITER.join(parts).upper()
+
+
+def _is_secret(model: type[BaseModel], loc: tuple[int | str, ...]) -> bool:
+    """Whether the field at ``loc`` (or any field on the way to it) holds a secret."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return False
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return False
+        annotation = field.annotation
+        if _mentions_secret(annotation):
+            return True
+        current = annotation
+    return False
+
+
+def _mentions_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    args = getattr(annotation, "__args__", ())
+    return any(_mentions_secret(a) for a in args)
+
+
+def _describe(error: Any, model: type[BaseModel]) -> str:
+    loc = tuple(error.get("loc", ()))
+    reason = str(error.get("msg", "invalid"))
+    if error.get("type") not in {"missing"} and "input" in error and not _is_secret(model, loc):
+        shown = repr(error["input"])
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        reason = f"{reason} (got {shown})"
+    return reason
+
+
+def config_error_from(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` naming env vars."""
+    prefix = str(getattr(model, "model_config", {}).get("env_prefix", ENV_PREFIX) or "")
+    pairs = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error.get("loc", ()))
+        pairs.append((env_var_name(loc, prefix), _describe(error, model)))
+    return ConfigError(pairs)
+
+
+def load_settings(cls: type[SettingsT] = ChassisSettings, /, **overrides: Any) -> SettingsT:  # type: ignore[assignment]
+    """Read settings of type ``cls`` from overrides, the environment and ``.env``.
+
+    Raises:
+        ConfigError: listing every invalid field with its environment variable.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise config_error_from(exc, cls) from None

@@ -1,0 +1,312 @@
+"""JSON logs, one object per line, correlated with requests and traces.
+
+:func:`configure_logging` installs a single handler on the root logger. Every line
+carries ``timestamp`` (UTC, ISO 8601, milliseconds, ``Z``), ``level``, ``logger``,
+``message``, ``service``, ``version``, ``environment``, ``host``, ``pid``,
+``module``, ``function``, ``line``, ``request_id``, ``trace_id``, ``span_id``, any
+``extra={...}`` fields, and ``exception`` (``type``, ``message``, ``stacktrace``)
+when one is attached.
+
+``request_id`` comes from a context variable bound for the duration of a request,
+so every line logged while handling it carries the id; ``trace_id``/``span_id``
+come from the current OpenTelemetry span.
+
+Lines are formatted on the caller's thread (where the context lives) and, by
+default, written by a background thread, so a slow stdout never blocks the
+event loop. Everything a line contains goes through ``json.dumps``: a newline, quote
+or control character in a header or path cannot forge a second record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from opentelemetry import trace as otel_trace
+from pythonjsonlogger.json import JsonFormatter
+
+from .config import LogSettings
+
+__all__ = [
+    "ChassisJsonFormatter",
+    "ConsoleFormatter",
+    "LogContext",
+    "bind_log_context",
+    "configure_logging",
+    "current_log_context",
+    "current_request_id",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    """What a log line inherits from the code path that emitted it."""
+
+    service: str = ""
+    version: str = ""
+    environment: str = ""
+    request_id: str = ""
+
+
+_EMPTY = LogContext()
+_log_context: contextvars.ContextVar[LogContext] = contextvars.ContextVar(
+    "chassis_log_context", default=_EMPTY
+)
+
+
+def current_log_context() -> LogContext:
+    """The :class:`LogContext` bound in the current task."""
+    return _log_context.get()
+
+
+def current_request_id() -> str:
+    """The id of the request being handled, or ``""`` outside a request."""
+    return _log_context.get().request_id
+
+
+@contextlib.contextmanager
+def bind_log_context(context: LogContext) -> Iterator[LogContext]:
+    """Bind ``context`` for log lines emitted inside the ``with`` block."""
+    token = _log_context.set(context)
+    try:
+        yield context
+    finally:
+        _log_context.reset(token)
+
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+_INVALID_SPAN = otel_trace.INVALID_SPAN_CONTEXT
+
+
+def _trace_ids() -> tuple[str, str]:
+    ctx = otel_trace.get_current_span().get_span_context()
+    if ctx is _INVALID_SPAN or not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def _utc_timestamp(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _structured_exception(exc_info: Any) -> dict[str, Any] | None:
+    if not exc_info or exc_info is True:
+        return None
+    etype, value, tb = exc_info
+    if etype is None:
+        return None
+    return {
+        "type": f"{etype.__module__}.{etype.__qualname__}"
+        if etype.__module__ != "builtins"
+        else etype.__qualname__,
+        "message": str(value),
+        "stacktrace": "".join(traceback.format_exception(etype, value, tb)),
+    }
+
+
+class ChassisJsonFormatter(JsonFormatter):
+    """Formats a record as one JSON object with the chassis' fixed field set.
+
+    Args:
+        service, version, environment: defaults used when no request context is bound.
+    """
+
+    def __init__(self, *, service: str = "", version: str = "", environment: str = "") -> None:
+        super().__init__(json_ensure_ascii=False)
+        self._defaults = LogContext(service=service, version=version, environment=environment)
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        """Fill ``log_data`` with the chassis field set (python-json-logger hook)."""
+        log_data.update(self.fields(record))
+        for key, value in message_dict.items():
+            if key not in {"exc_info", "stack_info"}:
+                log_data[key] = value
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The chassis fields for ``record``."""
+        ctx = _log_context.get()
+        defaults = self._defaults
+        trace_id, span_id = _trace_ids()
+        data: dict[str, Any] = {
+            "timestamp": _utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": ctx.service or defaults.service,
+            "version": ctx.version or defaults.version,
+            "environment": ctx.environment or defaults.environment,
+            "host": self._host,
+            "pid": self._pid,
+            "module": record.module,
+            "function": record.funcName,
+            "line": record.lineno,
+            "request_id": ctx.request_id,
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in data:
+                data[key] = value
+        exception = _structured_exception(record.exc_info)
+        if exception is not None:
+            data["exception"] = exception
+        elif record.exc_text:
+            data["exception"] = {"type": "", "message": "", "stacktrace": record.exc_text}
+        if record.stack_info:
+            data["stack_info"] = record.stack_info
+        return data
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Human-readable lines for a terminal: time, level, logger, message, ids, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ctx = _log_context.get()
+        trace_id, _ = _trace_ids()
+        stamp = _utc_timestamp(record.created)
+        parts = [f"{stamp} {record.levelname:<8} {record.name}: {record.getMessage()}"]
+        extras = {
+            k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and k != "message"
+        }
+        if ctx.request_id:
+            extras["request_id"] = ctx.request_id
+        if trace_id:
+            extras["trace_id"] = trace_id
+        if extras:
+            parts.append(" ".join(f"{k}={v!r}" for k, v in extras.items()))
+        text = "  ".join(parts)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+_STOP = object()
+
+
+class _BackgroundStreamHandler(logging.Handler):
+    """Formats on the caller's thread, writes from a daemon thread in batches."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__()
+        self.stream = stream
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chassis-log-writer", daemon=True)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._idle.clear()
+        self._queue.put(line)
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            batch: list[str] = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                with contextlib.suppress(Exception):
+                    self.stream.write("\n".join(batch) + "\n")
+                    self.stream.flush()
+            if self._queue.empty():
+                self._idle.set()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Block until every queued line is written (bounded: 5 s)."""
+        if self._thread.is_alive():
+            self._idle.wait(5.0)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(5.0)
+        super().close()
+
+
+class _SyncStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
+_HANDLER_ATTR = "_chassis_handler"
+
+
+def configure_logging(
+    settings: LogSettings | None = None,
+    *,
+    service: str = "",
+    version: str = "",
+    environment: str = "",
+    stream: IO[str] | None = None,
+) -> logging.Handler:
+    """Install the chassis handler on the root logger (replacing an earlier one).
+
+    Idempotent: calling it again swaps the handler, so several services in one
+    process share one writer. Returns the handler.
+    """
+    settings = settings or LogSettings()
+    stream = stream if stream is not None else sys.stdout
+    handler: logging.Handler
+    if settings.background_writes:
+        handler = _BackgroundStreamHandler(stream)
+    else:
+        handler = _SyncStreamHandler(stream)
+    formatter: logging.Formatter
+    if settings.format == "json":
+        formatter = ChassisJsonFormatter(service=service, version=version, environment=environment)
+    else:
+        formatter = ConsoleFormatter()
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_ATTR, True)
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_ATTR, False):
+            root.removeHandler(old)
+            old.flush()
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(settings.level)
+    # aiohttp's own access logger is replaced by the chassis' access log.
+    logging.getLogger("aiohttp.access").propagate = False
+    return handler

@@ -1,0 +1,327 @@
+"""``Service``: one aiohttp application and its whole lifecycle.
+
+A ``Service`` wraps (never subclasses) a :class:`aiohttp.web.Application`. It
+installs the chassis capabilities, each through ``setup(app)`` with one
+``cleanup_ctx`` entry, and runs the application::
+
+    service = Service("hello", version="1.0.0")
+
+    @service.get("/hello")
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hello": "world"})
+
+    service.run()                      # blocks; SIGTERM/SIGINT drain it
+
+Settings are read when the service starts, not when it is built, so importing a
+module that defines a service has no side effects.
+
+Graceful shutdown, in this order:
+
+1. SIGTERM (or SIGINT) arrives: readiness answers 503 at once;
+2. the service waits ``health.drain_delay_seconds`` so load balancers and
+   discovery stop routing to it (a second signal cuts the wait short);
+3. the listener closes: no new connections;
+4. in-flight requests get up to ``health.shutdown_timeout_seconds`` to finish;
+5. capability cleanups run in reverse order of setup;
+6. :meth:`Service.run` returns and ``chassis run`` exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from .config import ChassisSettings, load_settings
+from .exceptions import LifecycleError
+from .health import Health
+from .http import RequestPipeline
+from .logging import LogContext, bind_log_context, configure_logging
+
+__all__ = ["SERVICE_KEY", "SETTINGS_KEY", "Capability", "RunningService", "Service"]
+
+log = logging.getLogger("chassis.service")
+
+HandlerT = TypeVar("HandlerT", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+LifespanT = TypeVar("LifespanT", bound=Callable[[web.Application], AsyncIterator[None]])
+
+_NAME_OK = re.compile(r"[a-z][a-z0-9_-]{0,62}").fullmatch
+
+
+class Capability(Protocol):
+    """What the chassis plugs into an application: routes, middleware, one cleanup context."""
+
+    def setup(self, app: web.Application) -> None:
+        """Install into ``app``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningService:
+    """A service listening on a socket, as yielded by :meth:`Service.running`."""
+
+    service: Service
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:51234``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class Service:
+    """A microservice: an aiohttp application plus the chassis' capabilities.
+
+    Args:
+        name: lower-case service name (``orders``, ``market-data``); used in logs,
+            metrics and discovery.
+        version: the service's version, stamped on logs and metadata.
+        settings: a :class:`~chassis.config.ChassisSettings` instance, or a subclass
+            to be read from the environment at startup (the default).
+        middlewares: extra aiohttp middlewares, run inside the chassis' own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: str = "0.0.0",
+        settings: ChassisSettings | type[ChassisSettings] | None = None,
+        middlewares: Iterable[Any] = (),
+    ) -> None:
+        if not _NAME_OK(name):
+            raise ValueError(
+                f"invalid service name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '_', "
+                "starting with a letter"
+            )
+        self.name = name
+        self.version = version
+        if isinstance(settings, ChassisSettings):
+            self._settings: ChassisSettings | None = settings
+            self._settings_cls: type[ChassisSettings] = type(settings)
+        else:
+            self._settings = None
+            self._settings_cls = settings or ChassisSettings
+        self.app = web.Application(middlewares=list(middlewares))
+        self.app[SERVICE_KEY] = self
+        self.capabilities: list[Capability] = []
+        self._interrupt: asyncio.Event | None = None
+
+        # The service's own context comes first: it reads the settings before any
+        # capability starts, and is cleaned up last.
+        self.app.cleanup_ctx.append(self._lifespan)
+        self.pipeline = RequestPipeline(service=name, version=version)
+        self.health = Health()
+        self.install(self.pipeline)
+        self.install(self.health)
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name} {self.version}>"
+
+    # -- settings -----------------------------------------------------------------
+    @property
+    def settings(self) -> ChassisSettings:
+        """The service's settings, read on first access.
+
+        Raises:
+            ConfigError: a setting is invalid (every bad variable is named).
+        """
+        if self._settings is None:
+            self._settings = load_settings(self._settings_cls)
+        return self._settings
+
+    # -- composition --------------------------------------------------------------
+    def install(self, capability: Capability) -> Capability:
+        """Install ``capability`` (anything with ``setup(app)``) and remember it."""
+        capability.setup(self.app)
+        self.capabilities.append(capability)
+        return capability
+
+    def route(
+        self, method: str, path: str, *, name: str | None = None
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Decorator registering a handler for ``method`` on ``path``."""
+
+        def decorate(handler: HandlerT) -> HandlerT:
+            if method == "GET":
+                self.app.router.add_get(path, handler, name=name)
+            else:
+                self.app.router.add_route(method, path, handler, name=name)
+            return handler
+
+        return decorate
+
+    def get(self, path: str, *, name: str | None = None) -> Callable[[HandlerT], HandlerT]:
+        """Register a ``GET`` handler (``HEAD`` is answered too)."""
+        return self.route("GET", path, name=name)
+
+    def post(self, path: str, *, name: str | None = None) -> Callable[[HandlerT], HandlerT]:
+        """Register a ``POST`` handler."""
+        return self.route("POST", path, name=name)
+
+    def put(self, path: str, *, name: str | None = None) -> Callable[[HandlerT], HandlerT]:
+        """Register a ``PUT`` handler."""
+        return self.route("PUT", path, name=name)
+
+    def patch(self, path: str, *, name: str | None = None) -> Callable[[HandlerT], HandlerT]:
+        """Register a ``PATCH`` handler."""
+        return self.route("PATCH", path, name=name)
+
+    def delete(self, path: str, *, name: str | None = None) -> Callable[[HandlerT], HandlerT]:
+        """Register a ``DELETE`` handler."""
+        return self.route("DELETE", path, name=name)
+
+    def lifespan(self, fn: LifespanT) -> LifespanT:
+        """Decorator adding an aiohttp cleanup context for a resource the service owns.
+
+        The async generator runs up to its ``yield`` at startup and after it at
+        shutdown (after in-flight requests finish)::
+
+            @service.lifespan
+            async def database(app):
+                app[DB] = await open_pool()
+                yield
+                await app[DB].close()
+        """
+        self.app.cleanup_ctx.append(fn)
+        return fn
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        settings = self.settings
+        app[SETTINGS_KEY] = settings
+        self.pipeline.configure(settings)
+        self.health.configure(settings.health)
+        log.info("%s %s starting", self.name, self.version, extra={"event": "starting"})
+        try:
+            yield
+        finally:
+            log.info("%s stopped", self.name, extra={"event": "stopped"})
+
+    def _bind(self) -> LogContext:
+        env = self._settings.environment if self._settings is not None else ""
+        return LogContext(service=self.name, version=self.version, environment=env)
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, host: str | None = None, port: int | None = None
+    ) -> AsyncIterator[RunningService]:
+        """Serve on ``host:port`` for the duration of the ``async with`` block.
+
+        ``port=0`` picks a free port; the yielded :class:`RunningService` has the
+        bound URL. Leaving the block drains the service as SIGTERM would.
+        """
+        if self.app.frozen:
+            raise LifecycleError(f"{self!r} has already been started; build a new Service")
+        settings = self.settings
+        host = settings.http.host if host is None else host
+        port = settings.http.port if port is None else port
+        with bind_log_context(self._bind()):
+            self.app._client_max_size = settings.http.max_body_bytes
+            runner = web.AppRunner(
+                self.app,
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=settings.health.shutdown_timeout_seconds,
+                keepalive_timeout=settings.http.keepalive_timeout_seconds,
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True)
+                await site.start()
+                bound_port = _bound_port(site, port)
+                running = RunningService(self, host, bound_port)
+                log.info(
+                    "%s listening on %s",
+                    self.name,
+                    running.url,
+                    extra={"event": "listening", "url": running.url},
+                )
+                yield running
+            finally:
+                await self._drain(runner)
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        settings = self.settings.health
+        self.health.draining = True
+        delay = settings.drain_delay_seconds
+        log.info(
+            "%s draining: readiness is failing, listener closes in %.3gs",
+            self.name,
+            delay,
+            extra={"event": "draining"},
+        )
+        if delay > 0:
+            interrupt = self._interrupt or asyncio.Event()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(interrupt.wait(), delay)
+        await runner.cleanup()
+        log.info("%s drained", self.name, extra={"event": "drained"})
+
+    async def serve(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then drain. The async body of :meth:`run`."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        self._interrupt = asyncio.Event()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            log.info("received %s", signal.Signals(signum).name, extra={"event": "signal"})
+            if signals == 1:
+                stop.set()
+            else:
+                assert self._interrupt is not None
+                self._interrupt.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            async with self.running(host, port):
+                await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def run(self, host: str | None = None, port: int | None = None) -> None:
+        """Configure logging, serve until SIGTERM/SIGINT, drain, return.
+
+        Raises:
+            ConfigError: invalid settings, before anything starts.
+        """
+        settings = self.settings
+        handler = configure_logging(
+            settings.log,
+            service=self.name,
+            version=self.version,
+            environment=settings.environment,
+        )
+        try:
+            asyncio.run(self.serve(host, port))
+        finally:
+            handler.flush()
+
+
+def _bound_port(site: web.TCPSite, requested: int) -> int:
+    server = site._server
+    sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    return requested
+
+
+SERVICE_KEY = web.AppKey("chassis.service", Service)
+"""The :class:`Service` that owns an application: ``request.app[SERVICE_KEY]``."""
+
+SETTINGS_KEY = web.AppKey("chassis.settings", ChassisSettings)
+"""The service's settings, set at startup: ``request.app[SETTINGS_KEY]``."""
