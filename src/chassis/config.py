@@ -24,6 +24,8 @@ field with its environment variable; secret values never appear in it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -38,6 +40,8 @@ __all__ = [
     "HealthSettings",
     "HttpSettings",
     "LogSettings",
+    "MetricsSettings",
+    "TracingSettings",
     "env_var_name",
     "load_settings",
 ]
@@ -95,6 +99,126 @@ class HealthSettings(_Section):
     """How often the event-loop lag is measured."""
 
 
+class MetricsSettings(_Section):
+    """``CHASSIS_METRICS__*``: Prometheus metrics."""
+
+    enabled: bool = True
+    """Serve ``/metrics`` and record the golden signals."""
+    path: str = "/metrics"
+    """Where the registry is served."""
+    exemplars: bool = True
+    """Attach the trace id of sampled requests to histogram observations (OpenMetrics)."""
+    duration_buckets_seconds: tuple[float, ...] = (
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        2.5,
+        5.0,
+        7.5,
+        10.0,
+    )
+    """Histogram buckets of request durations."""
+    process_metrics: bool = True
+    """Export process (CPU, memory, open fds) and GC collectors."""
+
+
+OtlpProtocol = Literal["http/protobuf", "grpc"]
+SamplerName = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+
+class TracingSettings(_Section):
+    """``CHASSIS_TRACING__*``: OpenTelemetry tracing.
+
+    Fields left unset fall back to the standard ``OTEL_*`` variables
+    (see :meth:`resolve`); chassis settings win over them.
+    """
+
+    enabled: bool = True
+    """Create spans (and ids for log correlation). Export needs an endpoint too."""
+    endpoint: str | None = None
+    """OTLP endpoint; none means no export. Falls back to
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` then ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    protocol: OtlpProtocol | None = None
+    """``http/protobuf`` (default) or ``grpc``. Falls back to
+    ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` then ``OTEL_EXPORTER_OTLP_PROTOCOL``."""
+    headers: SecretStr | None = None
+    """Export headers as ``key=value,key2=value2``. Falls back to
+    ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` then ``OTEL_EXPORTER_OTLP_HEADERS``."""
+    sampler: SamplerName | None = None
+    """Sampler name (default ``parentbased_traceidratio``).
+    Falls back to ``OTEL_TRACES_SAMPLER``."""
+    sampler_arg: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Ratio for the ratio samplers (default 1.0). Falls back to ``OTEL_TRACES_SAMPLER_ARG``."""
+    export_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Timeout of one export call."""
+    schedule_delay_seconds: float = Field(default=1.0, gt=0)
+    """How often the batch processor exports."""
+    max_queue_size: int = Field(default=2048, gt=0)
+    """Spans buffered before new ones are dropped (export never blocks requests)."""
+    max_export_batch_size: int = Field(default=512, gt=0)
+    """Spans per export call."""
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> TracingSettings:
+        """Fill unset fields from the standard ``OTEL_*`` variables, then defaults.
+
+        Raises:
+            ConfigError: an ``OTEL_*`` variable holds an invalid value.
+        """
+        env = os.environ if environ is None else environ
+
+        def first(*names: str) -> str | None:
+            for name in names:
+                value = env.get(name)
+                if value:
+                    return value.strip()
+            return None
+
+        raw: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        for field, env_names in {
+            "endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "protocol": ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            "headers": ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+            "sampler": ("OTEL_TRACES_SAMPLER",),
+            "sampler_arg": ("OTEL_TRACES_SAMPLER_ARG",),
+        }.items():
+            if getattr(self, field) is None:
+                value = first(*env_names)
+                if value is not None:
+                    raw[field] = value
+                    names[field] = next(n for n in env_names if env.get(n))
+        if raw.get("sampler") is not None:
+            raw["sampler"] = str(raw["sampler"]).lower()
+        data = self.model_dump()
+        data.update(raw)
+        data["protocol"] = data["protocol"] or "http/protobuf"
+        data["sampler"] = data["sampler"] or "parentbased_traceidratio"
+        data["sampler_arg"] = 1.0 if data["sampler_arg"] is None else data["sampler_arg"]
+        try:
+            return TracingSettings.model_validate(data)
+        except ValidationError as exc:
+            pairs = []
+            for error in exc.errors(include_url=False):
+                field = str(error["loc"][0]) if error.get("loc") else ""
+                var = names.get(field, env_var_name(("tracing", field)))
+                pairs.append((var, str(error.get("msg", "invalid"))))
+            raise ConfigError(pairs) from None
+
+
 class ChassisSettings(BaseSettings):
     """Every setting of a chassis service. Subclass it to add your own."""
 
@@ -112,6 +236,8 @@ class ChassisSettings(BaseSettings):
     log: LogSettings = LogSettings()
     http: HttpSettings = HttpSettings()
     health: HealthSettings = HealthSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 def env_var_name(loc: tuple[int | str, ...], prefix: str = ENV_PREFIX) -> str:
