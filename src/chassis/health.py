@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 
 from . import _compat
-from .config import HealthSettings
+from .config import ChassisSettings, HealthSettings
 
 __all__ = ["Check", "Health", "HealthReport", "LoopLagMonitor", "Probe"]
 
@@ -261,11 +261,11 @@ class Health:
         return web.json_response(report.as_dict(), status=report.http_status, headers=_JSON_HEADERS)
 
     # -- wiring -------------------------------------------------------------------
-    def configure(self, settings: HealthSettings) -> None:
-        """Adopt ``settings`` unless explicit settings were given to the constructor."""
+    def configure(self, settings: ChassisSettings) -> None:
+        """Adopt a service's health settings unless explicit ones were given."""
         if self._explicit_settings is None:
-            self.settings = settings
-            self.lag.interval_seconds = settings.lag_probe_interval_seconds
+            self.settings = settings.health
+            self.lag.interval_seconds = settings.health.lag_probe_interval_seconds
 
     def setup(self, app: web.Application) -> None:
         """Add the probe routes and one cleanup context (the lag monitor) to ``app``."""

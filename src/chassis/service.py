@@ -57,7 +57,13 @@ _NAME_OK = re.compile(r"[a-z][a-z0-9_-]{0,62}").fullmatch
 
 
 class Capability(Protocol):
-    """What the chassis plugs into an application: routes, middleware, one cleanup context."""
+    """What the chassis plugs into an application: routes, middleware, one cleanup context.
+
+    A capability may also define ``configure(settings: ChassisSettings)``; the service
+    calls it at startup, before any cleanup context of a capability is entered.
+    Each ``setup`` inserts its middleware at the front of the chain, so a capability
+    installed later wraps the ones installed before it.
+    """
 
     def setup(self, app: web.Application) -> None:
         """Install into ``app``."""
@@ -119,6 +125,7 @@ class Service:
         # The service's own context comes first: it reads the settings before any
         # capability starts, and is cleaned up last.
         self.app.cleanup_ctx.append(self._lifespan)
+        # Middleware nesting, outermost first: tracing -> metrics -> pipeline -> yours.
         self.pipeline = RequestPipeline(service=name, version=version)
         self.health = Health()
         self.install(self.pipeline)
@@ -199,8 +206,10 @@ class Service:
     async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
         settings = self.settings
         app[SETTINGS_KEY] = settings
-        self.pipeline.configure(settings)
-        self.health.configure(settings.health)
+        for capability in self.capabilities:
+            configure = getattr(capability, "configure", None)
+            if configure is not None:
+                configure(settings)
         log.info("%s %s starting", self.name, self.version, extra={"event": "starting"})
         try:
             yield
