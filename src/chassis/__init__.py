@@ -22,8 +22,6 @@ from .logging import configure_logging, current_request_id
 from .service import SERVICE_KEY, SETTINGS_KEY, RunningService, Service
 
 __all__ = [
-    "SERVICE_KEY",
-    "SETTINGS_KEY",
     "BadRequest",
     "ChassisError",
     "ChassisSettings",
@@ -38,6 +36,8 @@ __all__ = [
     "ProblemError",
     "RequestValidationError",
     "RunningService",
+    "SERVICE_KEY",
+    "SETTINGS_KEY",
     "Service",
     "ServiceUnavailable",
     "__version__",

@@ -271,6 +271,36 @@ class _SyncStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _HANDLER_ATTR = "_chassis_handler"
 
 
+class _ClientErrorFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse as an ERROR with a traceback.
+
+    A malformed request is the client's mistake, not the server's: log it as one
+    WARNING line naming the problem, so it doesn't page anyone or flood the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in {
+            "BadHttpMessage",
+            "BadStatusLine",
+            "InvalidHeader",
+            "LineTooLong",
+            "TransferEncodingError",
+            "ContentLengthError",
+        }:
+            original = record.getMessage()
+            detail = [ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines()]
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "%s: %s"
+            record.args = (original, detail[0] if detail else type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_CLIENT_ERROR_FILTER = _ClientErrorFilter()
+
+
 def configure_logging(
     settings: LogSettings | None = None,
     *,
@@ -309,4 +339,7 @@ def configure_logging(
     root.setLevel(settings.level)
     # aiohttp's own access logger is replaced by the chassis' access log.
     logging.getLogger("aiohttp.access").propagate = False
+    server_logger = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERROR_FILTER not in server_logger.filters:
+        server_logger.addFilter(_CLIENT_ERROR_FILTER)
     return handler
