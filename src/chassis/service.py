@@ -206,6 +206,8 @@ class Service:
     async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
         settings = self.settings
         app[SETTINGS_KEY] = settings
+        # aiohttp enforces this on bodies without a Content-Length (chunked uploads).
+        app._client_max_size = settings.http.max_body_bytes
         for capability in self.capabilities:
             configure = getattr(capability, "configure", None)
             if configure is not None:
@@ -235,7 +237,6 @@ class Service:
         host = settings.http.host if host is None else host
         port = settings.http.port if port is None else port
         with bind_log_context(self._bind()):
-            self.app._client_max_size = settings.http.max_body_bytes
             runner = web.AppRunner(
                 self.app,
                 handle_signals=False,

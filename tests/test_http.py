@@ -1,0 +1,180 @@
+"""Problem JSON (RFC 9457) for every error, and read_json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import BaseModel, Field
+from pytest_aiohttp import AiohttpClient
+
+from chassis import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ProblemError,
+    Service,
+    ServiceUnavailable,
+    read_json,
+)
+from chassis.http import PROBLEM_CONTENT_TYPE
+
+from .conftest import LogCapture
+
+
+class Order(BaseModel):
+    symbol: str = Field(min_length=1)
+    quantity: int = Field(gt=0)
+
+
+def _service(make_service: Callable[..., Service], **overrides: Any) -> Service:
+    service = make_service("shop", **overrides)
+
+    @service.post("/orders")
+    async def create(request: web.Request) -> web.Response:
+        order = await read_json(request, Order)
+        return web.json_response(order.model_dump(), status=201)
+
+    @service.post("/raw")
+    async def raw(request: web.Request) -> web.Response:
+        return web.json_response(await request.json())  # aiohttp's own parser
+
+    @service.get("/crash")
+    async def crash(request: web.Request) -> web.Response:
+        raise ZeroDivisionError("secret internal detail")
+
+    @service.get("/missing")
+    async def missing(request: web.Request) -> web.Response:
+        raise NotFound("order 7 does not exist", type="https://errors.example/not-found")
+
+    @service.get("/busy")
+    async def busy(request: web.Request) -> web.Response:
+        raise ServiceUnavailable("exchange down", retry_after=3)
+
+    @service.get("/conflict")
+    async def conflict(request: web.Request) -> web.Response:
+        raise Conflict("version mismatch", extensions={"current_version": 4})
+
+    @service.get("/upstream-json")
+    async def upstream_json(request: web.Request) -> web.Response:
+        json.loads("{not json")  # a bug in our code, not the client's
+        return web.Response()
+
+    @service.get("/redirect")
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/orders")
+
+    @service.get("/teapot")
+    async def teapot(request: web.Request) -> web.Response:
+        raise web.HTTPBadRequest(text="custom explanation")
+
+    return service
+
+
+async def _problem(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status == status
+    assert resp.headers["Content-Type"] == PROBLEM_CONTENT_TYPE
+    body = await resp.json(content_type=PROBLEM_CONTENT_TYPE)
+    assert body["status"] == status
+    assert body["title"]
+    assert body["type"]
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+    return dict(body)
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, make_service: Callable[..., Service]) -> Any:
+    return await aiohttp_client(_service(make_service, http={"max_body_bytes": 1024}).app)
+
+
+async def test_unhandled_exception_is_500_problem_without_stack_trace(
+    client: Any, logs: LogCapture
+) -> None:
+    resp = await client.get("/crash")
+    body = await _problem(resp, 500)
+    text = json.dumps(body)
+    assert "Traceback" not in text and "secret internal detail" not in text
+    assert "ZeroDivisionError" not in text
+    (error,) = logs.find(logger="chassis.errors")
+    assert "secret internal detail" in error["exception"]["stacktrace"]
+
+
+async def test_unknown_route_is_404_problem(client: Any) -> None:
+    body = await _problem(await client.get("/no/such/thing"), 404)
+    assert body["title"] == "Not Found"
+    assert body["instance"] == "/no/such/thing"
+
+
+async def test_wrong_method_is_405_problem_with_allow_header(client: Any) -> None:
+    resp = await client.delete("/orders")
+    await _problem(resp, 405)
+    assert resp.headers["Allow"] == "POST"
+
+
+async def test_malformed_json_body_is_400_problem(client: Any) -> None:
+    for path in ("/orders", "/raw"):
+        resp = await client.post(
+            path, data=b'{"symbol": "VTI",', headers={"Content-Type": "application/json"}
+        )
+        body = await _problem(resp, 400)
+        assert body["title"] == "Malformed JSON"
+
+
+async def test_invalid_json_content_is_422_problem_listing_fields(client: Any) -> None:
+    resp = await client.post("/orders", json={"symbol": "", "quantity": -1})
+    body = await _problem(resp, 422)
+    locs = sorted(tuple(e["loc"]) for e in body["errors"])
+    assert locs == [("quantity",), ("symbol",)]
+    resp = await client.post("/orders", json={"symbol": "VTI", "quantity": 2})
+    assert resp.status == 201
+
+
+async def test_body_over_the_limit_is_413_problem(client: Any) -> None:
+    big = json.dumps({"symbol": "x" * 2000, "quantity": 1}).encode()
+    await _problem(await client.post("/orders", data=big), 413)
+
+
+async def test_chunked_body_over_the_limit_is_413_problem(client: Any) -> None:
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 500
+
+    await _problem(await client.post("/raw", data=chunks()), 413)
+
+
+async def test_problem_errors_carry_type_detail_extensions_and_headers(client: Any) -> None:
+    body = await _problem(await client.get("/missing"), 404)
+    assert body["detail"] == "order 7 does not exist"
+    assert body["type"] == "https://errors.example/not-found"
+
+    resp = await client.get("/busy")
+    await _problem(resp, 503)
+    assert resp.headers["Retry-After"] == "3"
+
+    body = await _problem(await client.get("/conflict"), 409)
+    assert body["current_version"] == 4
+
+    body = await _problem(await client.get("/teapot"), 400)
+    assert body["detail"] == "custom explanation"
+
+
+async def test_json_error_from_our_own_code_is_a_500_not_a_400(client: Any) -> None:
+    await _problem(await client.get("/upstream-json"), 500)
+
+
+async def test_redirects_pass_through_untouched(client: Any) -> None:
+    resp = await client.get("/redirect", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/orders"
+
+
+def test_problem_error_defaults() -> None:
+    error = ProblemError("boom", status=418, title="I'm a teapot")
+    assert (error.status, error.title, error.detail, str(error)) == (
+        418, "I'm a teapot", "boom", "boom"
+    )  # fmt: skip
+    assert BadRequest().status == 400
+    assert isinstance(ServiceUnavailable(retry_after=1.4).headers["Retry-After"], str)
