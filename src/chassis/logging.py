@@ -215,8 +215,6 @@ class _BackgroundStreamHandler(logging.Handler):
         self.stream = stream
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chassis-log-writer", daemon=True)
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -225,18 +223,19 @@ class _BackgroundStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._idle.clear()
         self._queue.put(line)
 
     def _run(self) -> None:
-        get = self._queue.get
         while True:
-            item = get()
             batch: list[str] = []
+            markers: list[threading.Event] = []
             stop = False
+            item = self._queue.get()
             while True:
                 if item is _STOP:
                     stop = True
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
                 else:
                     batch.append(item)  # type: ignore[arg-type]
                 try:
@@ -247,15 +246,17 @@ class _BackgroundStreamHandler(logging.Handler):
                 with contextlib.suppress(Exception):
                     self.stream.write("\n".join(batch) + "\n")
                     self.stream.flush()
-            if self._queue.empty():
-                self._idle.set()
+            for marker in markers:
+                marker.set()
             if stop:
                 return
 
     def flush(self) -> None:
-        """Block until every queued line is written (bounded: 5 s)."""
+        """Block until every line queued before this call is written (at most 5 s)."""
         if self._thread.is_alive():
-            self._idle.wait(5.0)
+            written = threading.Event()
+            self._queue.put(written)
+            written.wait(5.0)
 
     def close(self) -> None:
         if self._thread.is_alive():
