@@ -37,10 +37,13 @@ __all__ = [
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "ChassisSettings",
+    "ClientSettings",
+    "DiscoverySettings",
     "HealthSettings",
     "HttpSettings",
     "LogSettings",
     "MetricsSettings",
+    "RateLimitSettings",
     "TracingSettings",
     "env_var_name",
     "load_settings",
@@ -219,6 +222,87 @@ class TracingSettings(_Section):
             raise ConfigError(pairs) from None
 
 
+class DiscoverySettings(_Section):
+    """``CHASSIS_DISCOVERY__*``: registration and lookup of service instances."""
+
+    backend: Literal["static", "consul"] = "static"
+    """``static`` (embedded default, no network) or ``consul``."""
+    static: dict[str, list[str]] = Field(default_factory=dict)
+    """Static instances: a JSON map of service name to base URLs, e.g.
+    ``{"market-data": ["http://127.0.0.1:8001"]}``."""
+    consul_addr: str = "http://127.0.0.1:8500"
+    """The Consul agent's HTTP address."""
+    consul_token: SecretStr | None = None
+    """Consul ACL token."""
+    self_register: bool = True
+    """Register this service with the back end at startup (Consul only)."""
+    advertise_address: str | None = None
+    """Address other services use to reach this one; defaults to the bound host
+    (or the host name when bound to a wildcard address)."""
+    tags: tuple[str, ...] = ()
+    """Tags registered with the instance."""
+    check_interval_seconds: float = Field(default=10.0, gt=0)
+    """How often Consul calls ``/health/ready``."""
+    check_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout of that check."""
+    deregister_critical_after_seconds: float = Field(default=60.0, gt=0)
+    """Consul removes an instance whose check stays critical this long."""
+    watch_wait_seconds: float = Field(default=30.0, gt=0)
+    """``wait`` of the blocking queries that keep lookups fresh."""
+    watch_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    """Cap of the jittered back-off between failed watch calls."""
+
+
+class ClientSettings(_Section):
+    """``CHASSIS_CLIENT__*``: defaults of every ``ServiceClient``."""
+
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout of one attempt."""
+    deadline_seconds: float = Field(default=15.0, gt=0)
+    """Overall budget of a call, retries included (clipped by an inbound deadline)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts per call, the first included."""
+    backoff_base_seconds: float = Field(default=0.05, gt=0)
+    """First back-off step; grows exponentially with full jitter."""
+    backoff_max_seconds: float = Field(default=2.0, gt=0)
+    """Largest back-off step."""
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    """Retries may add at most this fraction of recent requests per upstream."""
+    retry_budget_min_per_second: float = Field(default=10.0, ge=0)
+    """Retries always allowed per second, so a quiet upstream can still be retried."""
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures that open an instance's circuit."""
+    breaker_recovery_seconds: float = Field(default=30.0, gt=0)
+    """How long a circuit stays open before a half-open probe."""
+    bulkhead_max_concurrency: int = Field(default=100, ge=1)
+    """Concurrent requests per upstream."""
+    load_balancer: Literal["round_robin", "p2c"] = "round_robin"
+    """``round_robin`` or ``p2c`` (power of two choices by outstanding requests)."""
+
+
+class RateLimitSettings(_Section):
+    """``CHASSIS_RATELIMIT__*``: admission control for inbound requests."""
+
+    enabled: bool = False
+    """Apply the service-wide limits below."""
+    rate_per_second: float | None = Field(default=None, gt=0)
+    """Token refill rate per key; none disables rate limiting."""
+    burst: int | None = Field(default=None, ge=1)
+    """Bucket size; defaults to the rate rounded up."""
+    key: str = "client"
+    """What a limit is per: ``client`` (address), ``header:<Name>``, or ``global``."""
+    max_keys: int = Field(default=10_000, ge=1)
+    """Bound of the key table (least recently used keys are evicted)."""
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """Concurrent requests admitted service-wide; none means unlimited."""
+    max_event_loop_lag_seconds: float = Field(default=0.25, gt=0)
+    """Above this loop lag the service is saturated and sheds by priority."""
+    priority_header: str = "X-Priority"
+    """Trusted header carrying ``critical``, ``normal`` or ``sheddable``."""
+    redis_url: SecretStr | None = None
+    """Share limits across instances through Redis (``redis://127.0.0.1:6379/0``)."""
+
+
 class ChassisSettings(BaseSettings):
     """Every setting of a chassis service. Subclass it to add your own."""
 
@@ -238,6 +322,9 @@ class ChassisSettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    client: ClientSettings = ClientSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
 
 
 def env_var_name(loc: tuple[int | str, ...], prefix: str = ENV_PREFIX) -> str:
