@@ -18,12 +18,15 @@ import griffe
 DOCUMENTED = (
     "chassis.cli",
     "chassis.config",
+    "chassis.discovery",
     "chassis.exceptions",
     "chassis.health",
     "chassis.http",
     "chassis.logging",
     "chassis.metrics",
+    "chassis.ratelimit",
     "chassis.service",
+    "chassis.testing",
     "chassis.tracing",
 )
 

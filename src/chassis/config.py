@@ -24,12 +24,13 @@ field with its environment variable; secret values never appear in it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigError
 
@@ -44,6 +45,7 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "RateLimitSettings",
+    "RouteLimitSettings",
     "TracingSettings",
     "env_var_name",
     "load_settings",
@@ -227,11 +229,13 @@ class DiscoverySettings(_Section):
 
     backend: Literal["static", "consul"] = "static"
     """``static`` (embedded default, no network) or ``consul``."""
-    static: dict[str, list[str]] = Field(default_factory=dict)
+    # NoDecode: the raw variable reaches the validator, so bad JSON is a ConfigError
+    # naming CHASSIS_DISCOVERY__STATIC rather than a bare pydantic-settings error.
+    static: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
     """Static instances: a JSON map of service name to base URLs, e.g.
     ``{"market-data": ["http://127.0.0.1:8001"]}``."""
     consul_addr: str = "http://127.0.0.1:8500"
-    """The Consul agent's HTTP address."""
+    """The Consul agent's HTTP address (``http://`` or ``https://``, port 8500 if none)."""
     consul_token: SecretStr | None = None
     """Consul ACL token."""
     self_register: bool = True
@@ -251,6 +255,60 @@ class DiscoverySettings(_Section):
     """``wait`` of the blocking queries that keep lookups fresh."""
     watch_backoff_max_seconds: float = Field(default=30.0, gt=0)
     """Cap of the jittered back-off between failed watch calls."""
+    watch_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    """First step of that back-off; it doubles per failure, with full jitter."""
+    request_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout of one non-blocking Consul call (register, deregister, agent check)."""
+
+    @field_validator("static", mode="before")
+    @classmethod
+    def _decode_static(cls, value: Any) -> Any:
+        # The shape is checked here so errors name CHASSIS_DISCOVERY__STATIC itself,
+        # not a made-up variable per service name.
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object of service name to URLs ({exc})") from None
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a JSON object of service name to a list of URLs")
+        for name, urls in value.items():
+            if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
+                raise ValueError(f"{name!r} must map to a list of URL strings")
+        return value
+
+    @field_validator("static")
+    @classmethod
+    def _check_static_urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, urls in value.items():
+            for url in urls:
+                problem = cls._base_url_problem(url)
+                if problem is not None:
+                    raise ValueError(f"{name!r}: {url!r} {problem}")
+        return value
+
+    @field_validator("consul_addr")
+    @classmethod
+    def _check_consul_addr(cls, value: str) -> str:
+        problem = cls._base_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
+    @staticmethod
+    def _base_url_problem(url: str) -> str | None:
+        """Why ``url`` is not a base URL like ``http://host:port``, or None."""
+        from yarl import URL
+
+        try:
+            parsed = URL(url)
+        except ValueError as exc:
+            return f"is not a URL ({exc})"
+        if parsed.scheme not in {"http", "https"} or not parsed.host:
+            return "is not an http:// or https:// URL with a host"
+        if parsed.path not in {"", "/"} or parsed.query_string or parsed.fragment:
+            return "must be a base URL without a path, query or fragment"
+        return None
 
 
 class ClientSettings(_Section):
@@ -270,21 +328,42 @@ class ClientSettings(_Section):
     """Retries may add at most this fraction of recent requests per upstream."""
     retry_budget_min_per_second: float = Field(default=10.0, ge=0)
     """Retries always allowed per second, so a quiet upstream can still be retried."""
+    retry_budget_window_seconds: float = Field(default=10.0, gt=0)
+    """The sliding window over which requests and retries are counted for the budget."""
     breaker_failure_threshold: int = Field(default=5, ge=1)
     """Consecutive failures that open an instance's circuit."""
     breaker_recovery_seconds: float = Field(default=30.0, gt=0)
     """How long a circuit stays open before a half-open probe."""
     bulkhead_max_concurrency: int = Field(default=100, ge=1)
     """Concurrent requests per upstream."""
+    bulkhead_max_queue: int = Field(default=0, ge=0)
+    """Calls that may wait (within their deadline) for a bulkhead slot; 0 rejects at once."""
     load_balancer: Literal["round_robin", "p2c"] = "round_robin"
     """``round_robin`` or ``p2c`` (power of two choices by outstanding requests)."""
+
+
+class RouteLimitSettings(_Section):
+    """One route's limits in ``CHASSIS_RATELIMIT__ROUTES`` (keyed by route template)."""
+
+    rate_per_second: float | None = Field(default=None, gt=0)
+    """Token refill rate per key on this route, on top of the service-wide limit."""
+    burst: int | None = Field(default=None, ge=1)
+    """Bucket size; defaults to the rate rounded up."""
+    key: str | None = None
+    """``client``, ``header:<Name>`` or ``global``; defaults to the service-wide key."""
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """Concurrent requests admitted on this route."""
+    queue: int = Field(default=0, ge=0)
+    """Requests that may wait for one of this route's slots."""
+    priority: Literal["critical", "normal", "sheddable"] | None = None
+    """Priority of requests that carry no priority header."""
 
 
 class RateLimitSettings(_Section):
     """``CHASSIS_RATELIMIT__*``: admission control for inbound requests."""
 
     enabled: bool = False
-    """Apply the service-wide limits below."""
+    """Apply the limits below, per-route ones included."""
     rate_per_second: float | None = Field(default=None, gt=0)
     """Token refill rate per key; none disables rate limiting."""
     burst: int | None = Field(default=None, ge=1)
@@ -301,6 +380,44 @@ class RateLimitSettings(_Section):
     """Trusted header carrying ``critical``, ``normal`` or ``sheddable``."""
     redis_url: SecretStr | None = None
     """Share limits across instances through Redis (``redis://127.0.0.1:6379/0``)."""
+    redis_timeout_seconds: float = Field(default=0.1, gt=0)
+    """Budget of one Redis decision; slower answers fall back to local limiting."""
+    redis_retry_interval_seconds: float = Field(default=2.0, gt=0)
+    """After a Redis failure, limit locally this long before trying Redis again."""
+    queue: int = Field(default=0, ge=0)
+    """Requests that may wait for a slot once ``max_in_flight`` are in flight."""
+    queue_timeout_seconds: float = Field(default=1.0, gt=0)
+    """Longest wait in that queue before the request is shed."""
+    retry_after_seconds: float = Field(default=1.0, gt=0)
+    """``Retry-After`` of 503 answers when shedding."""
+    sheddable_share: float = Field(default=0.5, gt=0, le=1)
+    """Sheddable requests are shed once this fraction of ``max_in_flight`` is in flight."""
+    normal_share: float = Field(default=0.8, gt=0, le=1)
+    """Normal requests are shed once this fraction of ``max_in_flight`` is in flight."""
+    # NoDecode: the raw variable reaches the validator, so errors name CHASSIS_RATELIMIT__ROUTES.
+    routes: Annotated[dict[str, RouteLimitSettings], NoDecode] = Field(default_factory=dict)
+    """Per-route limits keyed by route template, as JSON:
+    ``{"/orders/{id}": {"rate_per_second": 5, "priority": "critical"}}``."""
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _decode_routes(cls, value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object of route template to limits ({exc})") from None
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a JSON object of route template to limits")
+        routes = {}
+        for route, limits in value.items():
+            try:
+                routes[route] = RouteLimitSettings.model_validate(limits)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first.get("loc", ())) or "limits"
+                raise ValueError(f"{route!r}: {where}: {first.get('msg', 'invalid')}") from None
+        return routes
 
 
 class ChassisSettings(BaseSettings):

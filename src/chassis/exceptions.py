@@ -6,13 +6,23 @@ exception means the same thing, it is mixed in, so generic handlers keep working
 
     ChassisError
     ├── ConfigError(ValueError)         invalid settings; names every bad variable
+    ├── DeadlineExceeded(TimeoutError)  a ``timeout()`` block or function ran out of time
     ├── LifecycleError(RuntimeError)    a Service used in the wrong state
+    │   └── ClientClosed                a ServiceClient used after ``aclose()`` or shutdown
+    ├── UpstreamError                   a call to a dependency failed; ``service``, ``attempts``
+    │   ├── UpstreamTimeout(TimeoutError)        an attempt or the call's deadline ran out
+    │   ├── UpstreamUnavailable(ConnectionError) no instance; refused or reset connection
+    │   ├── UpstreamStatusError         the upstream answered an error status; ``status``
+    │   ├── CircuitOpen                 failed fast: the circuit is open; ``retry_after``
+    │   └── BulkheadFull                failed fast: too many calls to it in flight
     └── ProblemError                    an HTTP error answered as RFC 9457 problem JSON
         ├── BadRequest                  400: malformed input (e.g. a body that is not JSON)
         │   └── RequestValidationError  422: well-formed input that fails validation
         ├── NotFound                    404
         ├── Conflict                    409
+        ├── RateLimited                 429: a rate limit refused the call; ``retry_after``
         └── ServiceUnavailable          503: a dependency is down; optional ``retry_after``
+            └── Overloaded              503: shed to protect the service; ``reason``, ``priority``
 
 Raise a :class:`ProblemError` (or a subclass) from a handler and the chassis answers
 with ``application/problem+json``; any other exception becomes a 500 problem whose body
@@ -23,19 +33,30 @@ carries no stack trace (the traceback goes to the log).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "BadRequest",
+    "BulkheadFull",
     "ChassisError",
+    "CircuitOpen",
+    "ClientClosed",
     "ConfigError",
     "Conflict",
+    "DeadlineExceeded",
     "LifecycleError",
     "NotFound",
+    "Overloaded",
     "ProblemError",
+    "RateLimited",
     "RequestValidationError",
     "ServiceUnavailable",
+    "UpstreamError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
 ]
 
 
@@ -137,3 +158,139 @@ class ServiceUnavailable(ProblemError):
         self.retry_after = retry_after
         if retry_after is not None:
             self.headers.setdefault("Retry-After", str(max(0, round(retry_after))))
+
+
+def _retry_after_header(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, rounded up and at least 1: never too early."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class RateLimited(ProblemError):
+    """429: a rate limit refused the request (or call); try again after ``retry_after`` seconds.
+
+    Answered with ``Retry-After`` (whole seconds, rounded up) and any rate-limit
+    headers given in ``headers``.
+
+    Attributes:
+        retry_after: seconds until the call would be admitted.
+        limit: the bucket size of the limit that refused it, if known.
+    """
+
+    status = 429
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float,
+        limit: int | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(detail, **kw)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.headers.setdefault("Retry-After", _retry_after_header(retry_after))
+
+
+class Overloaded(ServiceUnavailable):
+    """503: the request was shed to keep the service healthy for what it admits.
+
+    Attributes:
+        reason: why: ``in_flight``, ``event_loop_lag``, ``queue_full`` or ``queue_timeout``.
+        priority: the shed request's priority name, if known.
+    """
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        reason: str,
+        retry_after: float = 1.0,
+        priority: str | None = None,
+        **kw: Any,
+    ) -> None:
+        headers = dict(kw.pop("headers", None) or {})
+        headers.setdefault("Retry-After", _retry_after_header(retry_after))
+        super().__init__(detail, retry_after=retry_after, headers=headers, **kw)
+        self.reason = reason
+        self.priority = priority
+
+
+class DeadlineExceeded(ChassisError, TimeoutError):
+    """A :func:`~chassis.client.timeout` block or function ran out of time.
+
+    Attributes:
+        timeout_seconds: the limit that applied (already clipped by an inbound deadline).
+    """
+
+    def __init__(
+        self, message: str = "deadline exceeded", *, timeout_seconds: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.timeout_seconds = timeout_seconds
+
+
+class ClientClosed(LifecycleError):
+    """A :class:`~chassis.client.ServiceClient` was used after ``aclose()`` or shutdown."""
+
+
+class UpstreamError(ChassisError):
+    """A call to a dependency failed: another service, or any call a resilience stage guards.
+
+    Attributes:
+        service: the dependency's name (``market-data``), never a URL.
+        attempts: attempts made, the first included; 0 when none was sent.
+        retryable: the failure is transient (connection error, timeout, 502, 503 or
+            504) and the request could be sent again.
+        retry_after: seconds the dependency asked callers to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str = "",
+        attempts: int = 0,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.attempts = attempts
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """An attempt's timeout or the whole call's deadline ran out."""
+
+
+class UpstreamUnavailable(UpstreamError, ConnectionError):
+    """No instance could be reached: none is known, or the connection was refused or reset."""
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status.
+
+    Raised by :meth:`chassis.client.Response.raise_for_status` and the JSON helpers.
+
+    Attributes:
+        status: the HTTP status code.
+        response: the :class:`~chassis.client.Response`, body included.
+    """
+
+    def __init__(self, message: str, *, status: int, response: Any = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.response = response
+
+
+class CircuitOpen(UpstreamError):
+    """Failed fast without touching the network: the circuit breaker is open.
+
+    ``retry_after`` is the time until the breaker lets a probe through.
+    """
+
+
+class BulkheadFull(UpstreamError):
+    """Failed fast: the bulkhead of this dependency is full (and so is its queue)."""

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from aiohttp import web
+from opentelemetry import trace as otel_trace
 from pydantic import BaseModel, ValidationError
 
 from .config import ChassisSettings, LogSettings
@@ -191,6 +192,18 @@ async def read_json(request: web.Request, model: type[BaseModel] | None = None) 
         ) from None
 
 
+def _fail_current_span(exc: BaseException) -> None:
+    """Record ``exc`` on the current span (the request's server span): event, status, type."""
+    span = otel_trace.get_current_span()
+    if span.is_recording():
+        cls = type(exc)
+        module = cls.__module__
+        kind = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        span.record_exception(exc)
+        span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, kind))
+        span.set_attribute("error.type", kind)
+
+
 class RequestPipeline:
     """The chassis' request middleware: request ids, problem JSON, access log.
 
@@ -250,10 +263,13 @@ class RequestPipeline:
                     raise
                 response = _from_http_exception(exc, request, rid)
             except ProblemError as exc:
+                if exc.status >= 500:
+                    _fail_current_span(exc)
                 response = _from_problem(exc, request, rid)
             except json.JSONDecodeError as exc:
                 response = await self._from_decode_error(exc, request, rid)
-            except Exception:
+            except Exception as exc:
+                _fail_current_span(exc)
                 error_logger.exception(
                     "unhandled exception in %s %s", request.method, route_template(request)
                 )
@@ -286,6 +302,7 @@ class RequestPipeline:
                 request,
                 rid,
             )
+        _fail_current_span(exc)
         error_logger.error("unhandled JSON decode error", exc_info=exc)
         return problem_response(500, instance=request.path, request_id=rid)
 

@@ -41,10 +41,14 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from .config import ChassisSettings, load_settings
+from .discovery.capability import Discovery
 from .exceptions import LifecycleError
 from .health import Health
 from .http import RequestPipeline
 from .logging import LogContext, bind_log_context, configure_logging
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .tracing import Tracing
 
 __all__ = ["SERVICE_KEY", "SETTINGS_KEY", "Capability", "RunningService", "Service"]
 
@@ -61,6 +65,10 @@ class Capability(Protocol):
 
     A capability may also define ``configure(settings: ChassisSettings)``; the service
     calls it at startup, before any cleanup context of a capability is entered.
+    Two optional async hooks follow the socket: ``on_listening(host, port)`` once it
+    is bound (the real port is known; an error aborts startup), and ``on_draining()``
+    right after readiness starts failing (it runs during the drain delay; an error
+    is logged and the drain goes on).
     Each ``setup`` inserts its middleware at the front of the chain, so a capability
     installed later wraps the ones installed before it.
     """
@@ -125,11 +133,28 @@ class Service:
         # The service's own context comes first: it reads the settings before any
         # capability starts, and is cleaned up last.
         self.app.cleanup_ctx.append(self._lifespan)
-        # Middleware nesting, outermost first: tracing -> metrics -> pipeline -> yours.
-        self.pipeline = RequestPipeline(service=name, version=version)
+        # Each install() puts its middleware outermost, so the chain runs
+        # tracing -> metrics -> pipeline -> ratelimit -> your middlewares -> handler:
+        # refused requests are still traced, measured, logged and given a request id.
         self.health = Health()
+        self.metrics = Metrics(service_name=name, version=version, lag_monitor=self.health.lag)
+        self.ratelimit = RateLimiter(
+            service_name=name, registry=self.metrics.registry, lag_monitor=self.health.lag
+        )
+        self.pipeline = RequestPipeline(service=name, version=version)
+        self.tracing = Tracing(service_name=name, service_version=version)
+        self.discovery = Discovery(
+            service_name=name,
+            version=version,
+            health=self.health,
+            metrics_registry=self.metrics.registry,
+        )
+        self.install(self.ratelimit)
         self.install(self.pipeline)
         self.install(self.health)
+        self.install(self.metrics)
+        self.install(self.tracing)
+        self.install(self.discovery)
 
     def __repr__(self) -> str:
         return f"<Service {self.name} {self.version}>"
@@ -256,6 +281,7 @@ class Service:
                     running.url,
                     extra={"event": "listening", "url": running.url},
                 )
+                await self._notify_listening(host, bound_port)
                 yield running
             finally:
                 await self._drain(runner)
@@ -263,6 +289,7 @@ class Service:
     async def _drain(self, runner: web.AppRunner) -> None:
         settings = self.settings.health
         self.health.draining = True
+        hooks = asyncio.ensure_future(self._notify_draining())
         delay = settings.drain_delay_seconds
         log.info(
             "%s draining: readiness is failing, listener closes in %.3gs",
@@ -274,8 +301,24 @@ class Service:
             interrupt = self._interrupt or asyncio.Event()
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(interrupt.wait(), delay)
+        await hooks
         await runner.cleanup()
         log.info("%s drained", self.name, extra={"event": "drained"})
+
+    async def _notify_listening(self, host: str, port: int) -> None:
+        for capability in self.capabilities:
+            hook = getattr(capability, "on_listening", None)
+            if hook is not None:
+                await hook(host, port)
+
+    async def _notify_draining(self) -> None:
+        for capability in self.capabilities:
+            hook = getattr(capability, "on_draining", None)
+            if hook is not None:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("drain hook of %r failed", capability)
 
     async def serve(self, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGTERM or SIGINT, then drain. The async body of :meth:`run`."""
