@@ -134,7 +134,8 @@ async def test_invalid_json_content_is_422_problem_listing_fields(client: Any) -
 
 async def test_body_over_the_limit_is_413_problem(client: Any) -> None:
     big = json.dumps({"symbol": "x" * 2000, "quantity": 1}).encode()
-    await _problem(await client.post("/orders", data=big), 413)
+    body = await _problem(await client.post("/orders", data=big), 413)
+    assert body["title"] == "Content Too Large"  # RFC 9110's name, not aiohttp's older one
 
 
 async def test_chunked_body_over_the_limit_is_413_problem(client: Any) -> None:
@@ -169,6 +170,7 @@ async def test_redirects_pass_through_untouched(client: Any) -> None:
     resp = await client.get("/redirect", allow_redirects=False)
     assert resp.status == 302
     assert resp.headers["Location"] == "/orders"
+    assert len(resp.headers["X-Request-ID"]) == 32
 
 
 def test_problem_error_defaults() -> None:
@@ -177,4 +179,5 @@ def test_problem_error_defaults() -> None:
         418, "I'm a teapot", "boom", "boom"
     )  # fmt: skip
     assert BadRequest().status == 400
-    assert isinstance(ServiceUnavailable(retry_after=1.4).headers["Retry-After"], str)
+    assert ServiceUnavailable(retry_after=1.4).headers["Retry-After"] == "2"  # never too early
+    assert ServiceUnavailable(retry_after=0).headers["Retry-After"] == "1"

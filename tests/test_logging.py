@@ -205,21 +205,30 @@ async def test_access_log_can_be_sampled_or_turned_off(
     assert [r["status"] for r in logs.find(logger="chassis.access")] == [404]
 
     off = _service(make_service, log={"access_log": False})
+
+    @off.get("/old")
+    async def old(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/items/1")
+
     client2 = await aiohttp_client(off.app)
     before = len(logs.records)
     await client2.get("/items/1")
     await client2.get("/nope")
+    await client2.get("/old", allow_redirects=False)
     assert not [r for r in logs.records[before:] if r["logger"] == "chassis.access"]
 
 
 async def test_probes_are_not_logged_at_info(
     aiohttp_client: AiohttpClient, make_service: Callable[..., Service], logs: LogCapture
 ) -> None:
-    client = await aiohttp_client(_service(make_service).app)
+    service = _service(make_service)
+    client = await aiohttp_client(service.app)
     for probe in ("live", "ready", "startup"):
         assert (await client.get(f"/health/{probe}")).status == 200
+    service.health.draining = True  # a readiness 503 while draining is by design
+    assert (await client.get("/health/ready")).status == 503
     lines = logs.find(logger="chassis.access")
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert {line["level"] for line in lines} == {"DEBUG"}
 
 

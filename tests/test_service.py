@@ -82,6 +82,23 @@ async def test_two_services_run_side_by_side_in_one_process(
                 assert await resp.text() == name
 
 
+async def test_a_port_in_use_fails_at_once_without_a_drain(
+    make_service: Callable[..., Service], logs: Any
+) -> None:
+    service = make_service(health={"drain_delay_seconds": 30})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serving = service.running("127.0.0.1", port)
+        with pytest.raises(OSError, match=r"(?i)address already in use"):
+            await serving.__aenter__()
+    assert not service.health.draining
+    events = [r.get("event") for r in logs.records]
+    assert "draining" not in events
+    assert "stopped" in events  # startup was undone
+
+
 async def test_lifespans_start_in_order_and_stop_in_reverse(
     make_service: Callable[..., Service],
 ) -> None:

@@ -94,8 +94,9 @@ class HealthSettings(_Section):
 
     drain_delay_seconds: float = Field(default=5.0, ge=0)
     """After SIGTERM, how long readiness answers 503 before the listener closes."""
-    shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
-    """How long in-flight requests may take to finish once the listener is closed."""
+    shutdown_timeout_seconds: float = Field(default=20.0, ge=0)
+    """How long in-flight requests may take to finish once the listener is closed.
+    With the drain delay it stays under Kubernetes' default 30 s grace period."""
     check_timeout_seconds: float = Field(default=2.0, gt=0)
     """Default timeout of a health check that sets none."""
     max_event_loop_lag_seconds: float = Field(default=2.0, gt=0)

@@ -7,6 +7,7 @@ exception means the same thing, it is mixed in, so generic handlers keep working
     ChassisError
     ├── ConfigError(ValueError)         invalid settings; names every bad variable
     ├── DeadlineExceeded(TimeoutError)  a ``timeout()`` block or function ran out of time
+    ├── DiscoveryError(ConnectionError) discovery could not answer and had no cached answer
     ├── LifecycleError(RuntimeError)    a Service used in the wrong state
     │   └── ClientClosed                a ServiceClient used after ``aclose()`` or shutdown
     ├── UpstreamError                   a call to a dependency failed; ``service``, ``attempts``
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DeadlineExceeded",
+    "DiscoveryError",
     "LifecycleError",
     "NotFound",
     "Overloaded",
@@ -79,6 +81,18 @@ class ConfigError(ChassisError, ValueError):
         lines = [f"{title} ({len(self.errors)} error{'s' if len(self.errors) != 1 else ''}):"]
         lines.extend(f"  {name}: {reason}" for name, reason in self.errors)
         super().__init__("\n".join(lines))
+
+
+class DiscoveryError(ChassisError, ConnectionError):
+    """The discovery back end could not answer, and there was no cached answer to serve.
+
+    Attributes:
+        service: the service being registered or resolved, if any.
+    """
+
+    def __init__(self, message: str, *, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class LifecycleError(ChassisError, RuntimeError):
@@ -157,7 +171,7 @@ class ServiceUnavailable(ProblemError):
         super().__init__(detail, **kw)
         self.retry_after = retry_after
         if retry_after is not None:
-            self.headers.setdefault("Retry-After", str(max(0, round(retry_after))))
+            self.headers.setdefault("Retry-After", _retry_after_header(retry_after))
 
 
 def _retry_after_header(seconds: float) -> str:

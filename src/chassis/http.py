@@ -135,7 +135,7 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request, rid: str)
     headers = {k: v for k, v in exc.headers.items() if k.lower() not in _SKIP_HEADERS}
     return problem_response(
         exc.status,
-        title=exc.reason,
+        title=_REASONS.get(exc.status, exc.reason),
         detail=detail,
         instance=request.path,
         request_id=rid,
@@ -259,7 +259,9 @@ class RequestPipeline:
                 response = await handler(request)
             except web.HTTPException as exc:
                 if exc.status < 400:
-                    self._log_access(request, exc, start, rid)
+                    exc.headers[REQUEST_ID_HEADER] = rid
+                    if self.access_log:
+                        self._log_access(request, exc, start, rid)
                     raise
                 response = _from_http_exception(exc, request, rid)
             except ProblemError as exc:
@@ -311,11 +313,14 @@ class RequestPipeline:
     ) -> None:
         status = response.status
         path = request.path
-        quiet = path.startswith(_QUIET_PREFIXES)
-        level = logging.DEBUG if quiet else logging.INFO
-        if status >= 500:
+        if path.startswith(_QUIET_PREFIXES):
+            # Probes and scrapes: a 503 from /health/ready while draining is by design.
+            level = logging.DEBUG
+        elif status >= 500:
             level = logging.ERROR
-        elif status < 400 and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+        else:
+            level = logging.INFO
+        if status < 400 and self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         if not access_logger.isEnabledFor(level):
             return

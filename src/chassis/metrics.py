@@ -685,7 +685,7 @@ class Metrics:
                 (method, route_template(request), status),
                 elapsed,
                 trace_id,
-                request.content.total_bytes if length is None else length,
+                _body_bytes(request) if length is None else length,
                 _response_size(response, method),
             )
 
@@ -701,3 +701,9 @@ class Metrics:
 
 METRICS_KEY = web.AppKey("chassis.metrics", Metrics)
 """The :class:`Metrics` installed on an application: ``request.app[METRICS_KEY]``."""
+
+
+def _body_bytes(request: web.Request) -> int:
+    """Bytes of a body sent without Content-Length (chunked), as read so far."""
+    # aiohttp < 3.12 has no ``total_bytes`` on the empty stream of a bodiless request.
+    return int(getattr(request.content, "total_bytes", 0))

@@ -273,6 +273,11 @@ class Service:
             try:
                 site = web.TCPSite(runner, host, port, reuse_address=True)
                 await site.start()
+            except BaseException:
+                # Never served: nothing to drain, just undo the startup.
+                await runner.cleanup()
+                raise
+            try:
                 bound_port = _bound_port(site, port)
                 running = RunningService(self, host, bound_port)
                 log.info(

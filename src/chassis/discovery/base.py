@@ -12,21 +12,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from chassis.exceptions import ChassisError
+from chassis.exceptions import DiscoveryError
 
 __all__ = ["DiscoveryError", "Instance", "Registration", "Registry"]
-
-
-class DiscoveryError(ChassisError, ConnectionError):
-    """The discovery back end could not answer, and there was no cached answer to serve.
-
-    Attributes:
-        service: the service being registered or resolved, if any.
-    """
-
-    def __init__(self, message: str, *, service: str | None = None) -> None:
-        super().__init__(message)
-        self.service = service
 
 
 @dataclass(frozen=True, slots=True)
