@@ -197,6 +197,18 @@ def test_tracing_settings_fall_back_to_otel_variables() -> None:
     assert resolved.protocol == "http/protobuf"
     assert resolved.sampler_arg == 1.0
 
+    generic = settings.tracing.resolve(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/otel/"}
+    )
+    assert generic.endpoint == "http://127.0.0.1:4318/otel/v1/traces"  # the signal path is added
+    grpc = settings.tracing.resolve(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        }
+    )
+    assert grpc.endpoint == "http://127.0.0.1:4317"
+
     explicit = load_settings(tracing={"sampler": "always_off"}).tracing.resolve(
         {"OTEL_TRACES_SAMPLER": "always_on"}
     )

@@ -284,3 +284,14 @@ async def test_hostile_headers_and_paths_cannot_forge_log_records(
     assert not [r for r in records if r.get("forged") or r["message"] == "forged"]
     assert {r["level"] for r in records} <= {"DEBUG", "INFO", "WARNING"}
     assert "\n" in app_lines[0]["message"]  # the newline survived, inside one record
+
+
+def test_repeated_library_warnings_are_throttled(logs: LogCapture) -> None:
+    sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
+    for _ in range(500):
+        sdk.warning("Queue full, dropping Span.")
+    app = logging.getLogger("app")
+    for _ in range(3):
+        app.warning("same thing")  # our own lines are never throttled
+    assert len(logs.find(message="Queue full, dropping Span.")) == 1
+    assert len(logs.find(message="same thing")) == 3

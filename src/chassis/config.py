@@ -212,6 +212,9 @@ class TracingSettings(_Section):
         data = self.model_dump()
         data.update(raw)
         data["protocol"] = data["protocol"] or "http/protobuf"
+        if names.get("endpoint") == "OTEL_EXPORTER_OTLP_ENDPOINT" and data["protocol"] != "grpc":
+            # The generic variable names the collector's base URL: the signal path is added.
+            data["endpoint"] = str(data["endpoint"]).rstrip("/") + "/v1/traces"
         data["sampler"] = data["sampler"] or "parentbased_traceidratio"
         data["sampler_arg"] = 1.0 if data["sampler_arg"] is None else data["sampler_arg"]
         try:

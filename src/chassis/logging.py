@@ -302,6 +302,33 @@ class _ClientErrorFilter(logging.Filter):
 _CLIENT_ERROR_FILTER = _ClientErrorFilter()
 
 
+class _RepeatFilter(logging.Filter):
+    """Let a library's identical warning through once per ``interval_seconds``.
+
+    Under overload the OpenTelemetry SDK warns once per dropped span; one line every
+    few seconds says the same, and the rest would only add load to an overloaded process.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...], interval_seconds: float = 10.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.interval_seconds = interval_seconds
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_seconds:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 def configure_logging(
     settings: LogSettings | None = None,
     *,
@@ -328,6 +355,7 @@ def configure_logging(
     else:
         formatter = ConsoleFormatter()
     handler.setFormatter(formatter)
+    handler.addFilter(_RepeatFilter(("opentelemetry",)))
     setattr(handler, _HANDLER_ATTR, True)
 
     root = logging.getLogger()
