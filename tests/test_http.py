@@ -13,11 +13,16 @@ from pytest_aiohttp import AiohttpClient
 
 from chassis import (
     BadRequest,
+    CircuitOpen,
     Conflict,
+    DeadlineExceeded,
     NotFound,
     ProblemError,
     Service,
     ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     read_json,
 )
 from chassis.http import PROBLEM_CONTENT_TYPE
@@ -70,6 +75,19 @@ def _service(make_service: Callable[..., Service], **overrides: Any) -> Service:
     @service.get("/teapot")
     async def teapot(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="custom explanation")
+
+    @service.get("/dependency/{kind}")
+    async def dependency(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind == "timeout":
+            raise UpstreamTimeout("market-data timed out", service="market-data", attempts=3)
+        if kind == "deadline":
+            raise DeadlineExceeded(timeout_seconds=0.3)
+        if kind == "circuit":
+            raise CircuitOpen("open", service="market-data", retry_after=2.5)
+        if kind == "refused":
+            raise UpstreamUnavailable("no instance", service="market-data")
+        raise UpstreamError("odd", service="market-data")
 
     return service
 
@@ -181,3 +199,18 @@ def test_problem_error_defaults() -> None:
     assert BadRequest().status == 400
     assert ServiceUnavailable(retry_after=1.4).headers["Retry-After"] == "2"  # never too early
     assert ServiceUnavailable(retry_after=0).headers["Retry-After"] == "1"
+
+
+async def test_dependency_failures_degrade_to_502_503_504_not_500(
+    client: Any, logs: LogCapture
+) -> None:
+    for kind, status in (("timeout", 504), ("deadline", 504), ("refused", 503), ("odd", 503)):
+        body = await _problem(await client.get(f"/dependency/{kind}"), status)
+        assert "market-data" not in json.dumps(body)  # no topology in public answers
+    resp = await client.get("/dependency/circuit")
+    await _problem(resp, 503)
+    assert resp.headers["Retry-After"] == "3"
+    warnings = logs.find(logger="chassis.errors", level="WARNING")
+    assert len(warnings) == 5
+    assert {w["upstream"] for w in warnings} == {"market-data", ""}
+    assert not logs.find(logger="chassis.errors", level="ERROR")

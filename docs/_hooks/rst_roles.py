@@ -17,6 +17,7 @@ import griffe
 # Modules that have a page in the API reference; links to anything else would dangle.
 DOCUMENTED = (
     "chassis.cli",
+    "chassis.client",
     "chassis.config",
     "chassis.discovery",
     "chassis.exceptions",

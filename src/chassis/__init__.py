@@ -4,6 +4,7 @@ The distribution is ``aiochassis``; the import package is ``chassis``.
 """
 
 from ._version import __version__
+from .client import ServiceClient
 from .config import (
     ChassisSettings,
     ClientSettings,
@@ -89,6 +90,7 @@ __all__ = [
     "SERVICE_KEY",
     "SETTINGS_KEY",
     "Service",
+    "ServiceClient",
     "ServiceUnavailable",
     "StaticRegistry",
     "TokenBucket",

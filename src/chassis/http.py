@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -34,7 +35,15 @@ from opentelemetry import trace as otel_trace
 from pydantic import BaseModel, ValidationError
 
 from .config import ChassisSettings, LogSettings
-from .exceptions import BadRequest, ProblemError, RequestValidationError
+from .exceptions import (
+    BadRequest,
+    CircuitOpen,
+    DeadlineExceeded,
+    ProblemError,
+    RequestValidationError,
+    UpstreamError,
+    UpstreamStatusError,
+)
 from .logging import LogContext, _log_context
 
 __all__ = [
@@ -156,6 +165,40 @@ def _from_problem(exc: ProblemError, request: web.Request, rid: str) -> web.Resp
     )
 
 
+def _from_dependency_failure(
+    exc: UpstreamError | DeadlineExceeded, request: web.Request, rid: str
+) -> web.Response:
+    """A dependency failed and the handler let it through: degrade, don't crash.
+
+    Timeouts answer 504, a bad upstream answer 502, anything else (no instance,
+    open circuit, full bulkhead) 503 with ``Retry-After`` when known. The body names
+    no upstream: the log line does.
+    """
+    service = getattr(exc, "service", "")
+    error_logger.warning(
+        "dependency failure in %s %s: %s",
+        request.method,
+        route_template(request),
+        exc,
+        extra={"upstream": service, "error_type": type(exc).__name__},
+    )
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, TimeoutError):
+        status, detail = 504, "A dependency of this service did not answer in time."
+    elif isinstance(exc, UpstreamStatusError):
+        status, detail = 502, "A dependency of this service answered with an error."
+    else:
+        status, detail = 503, "A dependency of this service is unavailable."
+        if isinstance(exc, CircuitOpen) and retry_after is None:
+            retry_after = 1.0
+    if status == 503 and retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return problem_response(
+        status, detail=detail, instance=request.path, request_id=rid, headers=headers
+    )
+
+
 @overload
 async def read_json(request: web.Request) -> Any: ...
 @overload
@@ -268,6 +311,9 @@ class RequestPipeline:
                 if exc.status >= 500:
                     _fail_current_span(exc)
                 response = _from_problem(exc, request, rid)
+            except (UpstreamError, DeadlineExceeded) as exc:
+                _fail_current_span(exc)
+                response = _from_dependency_failure(exc, request, rid)
             except json.JSONDecodeError as exc:
                 response = await self._from_decode_error(exc, request, rid)
             except Exception as exc:

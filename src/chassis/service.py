@@ -40,6 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from .client import Clients, DeadlinePropagation, ServiceClient
 from .config import ChassisSettings, load_settings
 from .discovery.capability import Discovery
 from .exceptions import LifecycleError
@@ -134,7 +135,7 @@ class Service:
         # capability starts, and is cleaned up last.
         self.app.cleanup_ctx.append(self._lifespan)
         # Each install() puts its middleware outermost, so the chain runs
-        # tracing -> metrics -> pipeline -> ratelimit -> your middlewares -> handler:
+        # tracing -> metrics -> pipeline -> ratelimit -> deadlines -> yours -> handler:
         # refused requests are still traced, measured, logged and given a request id.
         self.health = Health()
         self.metrics = Metrics(service_name=name, version=version, lag_monitor=self.health.lag)
@@ -149,15 +150,27 @@ class Service:
             health=self.health,
             metrics_registry=self.metrics.registry,
         )
+        self.deadlines = DeadlinePropagation()
+        self.clients = Clients(registry=self.discovery, metrics=self.metrics.registry)
+        self.install(self.deadlines)
         self.install(self.ratelimit)
         self.install(self.pipeline)
         self.install(self.health)
         self.install(self.metrics)
         self.install(self.tracing)
         self.install(self.discovery)
+        self.install(self.clients)  # after discovery: clients close before the registry
 
     def __repr__(self) -> str:
         return f"<Service {self.name} {self.version}>"
+
+    def client(self, name: str, **overrides: Any) -> ServiceClient:
+        """The resilient client of upstream service ``name`` (the same object each time).
+
+        Instances come from discovery; ``overrides`` replace fields of the
+        ``CHASSIS_CLIENT__*`` settings for this upstream (e.g. ``timeout_seconds=1``).
+        """
+        return self.clients.get(name, **overrides)
 
     # -- settings -----------------------------------------------------------------
     @property
