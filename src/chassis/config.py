@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -462,7 +462,10 @@ def _is_secret(model: type[BaseModel], loc: tuple[int | str, ...]) -> bool:
     """Whether the field at ``loc`` (or any field on the way to it) holds a secret."""
     current: Any = model
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        # ``dict[str, int]`` is an instance of ``type`` on Python 3.10: skip generics.
+        if get_origin(current) is not None or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
             return False
         field = current.model_fields.get(str(part))
         if field is None:
