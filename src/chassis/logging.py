@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import json
 import logging
 import os
 import queue
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from opentelemetry import trace as otel_trace
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 from .config import LogSettings
 
@@ -100,10 +102,19 @@ def _trace_ids() -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _utc_timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds and ``Z``; the seconds part is cached."""
+    global _second_cache
     seconds = int(created)
     millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _structured_exception(exc_info: Any) -> dict[str, Any] | None:
@@ -133,6 +144,17 @@ class ChassisJsonFormatter(JsonFormatter):
         self._defaults = LogContext(service=service, version=version, environment=environment)
         self._host = socket.gethostname()
         self._pid = os.getpid()
+        self._encoder = JsonEncoder()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One JSON object on one line.
+
+        The hot path (a plain message, no exception) skips python-json-logger's generic
+        machinery but keeps its encoder for values JSON has no type for.
+        """
+        if isinstance(record.msg, dict):
+            return super().format(record)
+        return _dumps(self.fields(record), default=self._encoder.default)
 
     def add_fields(
         self,
@@ -205,14 +227,16 @@ class ConsoleFormatter(logging.Formatter):
 
 
 _STOP = object()
+_dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
 class _BackgroundStreamHandler(logging.Handler):
     """Formats on the caller's thread, writes from a daemon thread in batches."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, linger_seconds: float = 0.01) -> None:
         super().__init__()
         self.stream = stream
+        self.linger_seconds = linger_seconds
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="chassis-log-writer", daemon=True)
         self._thread.start()
@@ -231,6 +255,9 @@ class _BackgroundStreamHandler(logging.Handler):
             markers: list[threading.Event] = []
             stop = False
             item = self._queue.get()
+            if isinstance(item, str):
+                # Let a burst gather: one wake-up and one write per burst, not per line.
+                time.sleep(self.linger_seconds)
             while True:
                 if item is _STOP:
                     stop = True

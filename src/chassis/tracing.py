@@ -387,9 +387,10 @@ class Tracing:
             name = method
         else:
             name = f"{method} {route}"
-        span = tracer.start_span(name, parent, _SERVER)
-        if span.is_recording():
-            self._describe(span, request, method if known else "_OTHER", route)
+        # Attributes go in at creation: samplers may use them (as the semantic
+        # conventions ask), and the SDK sets them in one pass instead of one by one.
+        attributes = self._describe(request, method if known else "_OTHER", route)
+        span = tracer.start_span(name, parent, _SERVER, attributes)
         token = _attach(_in_context(span, parent))
         current = _current.set(self)
         try:
@@ -415,7 +416,7 @@ class Tracing:
             span.end()
 
     @staticmethod
-    def _describe(span: trace.Span, request: web.Request, method: str, route: str) -> None:
+    def _describe(request: web.Request, method: str, route: str) -> dict[str, AttributeValue]:
         scheme = request.scheme
         address, port = _server_address(request.host, scheme)
         attributes: dict[str, AttributeValue] = {
@@ -436,7 +437,7 @@ class Tracing:
             attributes["user_agent.original"] = user_agent
         if method == "_OTHER":
             attributes["http.request.method_original"] = request.method
-        span.set_attributes(attributes)
+        return attributes
 
 
 def _close_provider(provider: TracerProvider, timeout_millis: int) -> None:
@@ -488,11 +489,12 @@ def _otlp_exporter(settings: TracingSettings) -> SpanExporter | None:
         except ImportError as exc:
             raise ConfigError([(env_var_name(("tracing", "protocol")), _GRPC_MISSING)]) from exc
         return GrpcExporter(endpoint=endpoint, headers=headers, timeout=timeout)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from ._otlp import LeanOTLPSpanExporter
 
     if urlsplit(endpoint).path in {"", "/"}:
         endpoint = endpoint.rstrip("/") + _TRACES_PATH
-    return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout)
+    # The chassis' own encoder: the same OTLP bytes at a fraction of the stock one's CPU.
+    return LeanOTLPSpanExporter(endpoint, headers=headers, timeout_seconds=timeout)
 
 
 def traced(
