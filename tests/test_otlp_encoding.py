@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
@@ -100,8 +98,8 @@ def test_lean_encoding_decodes_to_what_the_stock_encoder_builds() -> None:
 
 
 @pytest.fixture
-def received() -> Iterator[list[tuple[dict[str, str], bytes]]]:
-    yield []
+def received() -> list[tuple[dict[str, str], bytes]]:
+    return []
 
 
 async def test_exporter_posts_protobuf_and_retries_unavailable(

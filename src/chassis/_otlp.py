@@ -201,12 +201,19 @@ def _span(span: ReadableSpan) -> bytes:
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """Serialise ``spans`` as an OTLP ``ExportTraceServiceRequest``."""
-    grouped: dict[Any, dict[Any, list[bytes]]] = {}
+    # Grouped by identity: hashing a Resource serialises its attributes every time.
+    resources: dict[int, Any] = {}
+    grouped: dict[int, dict[Any, list[bytes]]] = {}
     for span in spans:
-        scopes = grouped.setdefault(span.resource, {})
+        resource = span.resource
+        scopes = grouped.get(id(resource))
+        if scopes is None:
+            scopes = grouped[id(resource)] = {}
+            resources[id(resource)] = resource
         scopes.setdefault(span.instrumentation_scope or None, []).append(_span(span))
     out = []
-    for resource, scopes in grouped.items():
+    for key, scopes in grouped.items():
+        resource = resources[key]
         body = _len_field(_tag(1, 2), _attributes(1, resource.attributes))
         for scope, encoded in scopes.items():
             if scope is None:
