@@ -780,10 +780,6 @@ class ServiceClient:
         fallback: Fallback | None = None,
     ) -> Response:
         """``GET path``; see :meth:`request`."""
-        if fallback is None:
-            return await self._request(
-                "GET", path, params, headers, _NO_JSON, None, timeout, deadline, None, False
-            )
         return await self.request(
             "GET",
             path,
@@ -836,10 +832,6 @@ class ServiceClient:
         fallback: Fallback | None = None,
     ) -> Response:
         """``POST path``; retried only with an ``Idempotency-Key``. See :meth:`request`."""
-        if fallback is None:
-            return await self._request(
-                "POST", path, params, headers, json, data, timeout, deadline, idempotent, False
-            )
         return await self.request(
             "POST",
             path,
@@ -866,10 +858,6 @@ class ServiceClient:
         fallback: Fallback | None = None,
     ) -> Response:
         """``PUT path``; see :meth:`request`."""
-        if fallback is None:
-            return await self._request(
-                "PUT", path, params, headers, json, data, timeout, deadline, None, False
-            )
         return await self.request(
             "PUT",
             path,
@@ -896,10 +884,6 @@ class ServiceClient:
         fallback: Fallback | None = None,
     ) -> Response:
         """``PATCH path``; retried only with an ``Idempotency-Key``. See :meth:`request`."""
-        if fallback is None:
-            return await self._request(
-                "PATCH", path, params, headers, json, data, timeout, deadline, idempotent, False
-            )
         return await self.request(
             "PATCH",
             path,
@@ -924,10 +908,6 @@ class ServiceClient:
         fallback: Fallback | None = None,
     ) -> Response:
         """``DELETE path``; see :meth:`request`."""
-        if fallback is None:
-            return await self._request(
-                "DELETE", path, params, headers, _NO_JSON, None, timeout, deadline, None, False
-            )
         return await self.request(
             "DELETE",
             path,
