@@ -67,9 +67,11 @@ def _spans() -> list[ReadableSpan]:
 
 
 def _normalised(message: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
-    # Older SDKs don't set Span.flags; compare everything else exactly.
+    # Older SDKs set neither Span.flags nor ScopeSpans.schema_url (both checked
+    # separately below); compare everything else exactly.
     for resource_spans in message.resource_spans:
         for scope_spans in resource_spans.scope_spans:
+            scope_spans.schema_url = ""
             for span in scope_spans.spans:
                 span.flags = 0
                 for link in span.links:
@@ -85,6 +87,13 @@ def test_lean_encoding_decodes_to_what_the_stock_encoder_builds() -> None:
         ExportTraceServiceRequest.FromString(theirs.SerializeToString())
     )
     assert len(ours.resource_spans[0].scope_spans) == 2
+    schema_urls = {
+        ss.schema_url
+        for ss in ExportTraceServiceRequest.FromString(encode_spans(spans))
+        .resource_spans[0]
+        .scope_spans
+    }
+    assert schema_urls == {"https://opentelemetry.io/s/1", ""}
     decoded = ExportTraceServiceRequest.FromString(encode_spans(spans))
     server = next(
         s
