@@ -20,9 +20,6 @@ keeps working.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import functools
 import inspect
 import time
@@ -30,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from chassis._slots import Slots
 from chassis.exceptions import BulkheadFull
 
-from .deadline import _deadline, _timer
+from .deadline import _deadline
 
 __all__ = ["Bulkhead", "bulkhead"]
 
@@ -74,9 +72,8 @@ class Bulkhead:
         self.max_queue = max_queue
         self.max_wait_seconds = max_wait_seconds
         self.name = name
-        self.active = 0
         self.rejected = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slots = Slots(max_concurrency)
 
     def __repr__(self) -> str:
         return (
@@ -85,9 +82,14 @@ class Bulkhead:
         )
 
     @property
+    def active(self) -> int:
+        """Calls holding a slot."""
+        return self._slots.held
+
+    @property
     def waiting(self) -> int:
         """Calls waiting for a slot."""
-        return len(self._waiters)
+        return self._slots.waiting
 
     def _full(self, why: str) -> BulkheadFull:
         self.rejected += 1
@@ -99,10 +101,7 @@ class Bulkhead:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free now, without waiting."""
-        if self.active < self.max_concurrency and not self._waiters:
-            self.active += 1
-            return True
-        return False
+        return self._slots.try_acquire()
 
     async def acquire(self) -> None:
         """Take a slot, waiting in the queue if there is room in it.
@@ -112,7 +111,7 @@ class Bulkhead:
         """
         if self.try_acquire():
             return
-        if len(self._waiters) >= self.max_queue:
+        if self._slots.waiting >= self.max_queue:
             raise self._full(f"{self.max_queue} waiting")
         wait = self.max_wait_seconds
         deadline = _deadline.get()
@@ -121,41 +120,14 @@ class Bulkhead:
             wait = left if wait is None else min(wait, left)
         if wait is not None and wait <= 0:
             raise self._full("no time left to wait")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
-            if wait is None:
-                await waiter
-            else:
-                timer = _timer(wait)
-                try:
-                    async with timer:
-                        await waiter
-                except TimeoutError:
-                    if timer.expired():
-                        raise self._full(f"no slot within {wait:.3f}s") from None
-                    raise
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot just as we gave up: pass it on
-            raise
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter: active is unchanged
-                return
-        self.active -= 1
+            await self._slots.wait(wait)
+        except TimeoutError:
+            raise self._full(f"no slot within {wait:.3f}s") from None
 
     def release(self) -> None:
         """Give a slot back (to the first waiter, if any)."""
-        self._release()
+        self._slots.release()
 
     async def __aenter__(self) -> Bulkhead:
         await self.acquire()
@@ -167,7 +139,7 @@ class Bulkhead:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release()
+        self._slots.release()
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` holding a slot."""

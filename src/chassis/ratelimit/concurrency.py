@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from chassis import _compat
+from chassis._slots import Slots
 from chassis.exceptions import Overloaded
 from chassis.ratelimit.buckets import Clock
 
@@ -58,28 +56,28 @@ class ConcurrencyLimiter:
         self.queue = queue
         self.queue_timeout_seconds = queue_timeout_seconds
         self.retry_after_seconds = retry_after_seconds
-        self.in_flight = 0
-        """Calls holding a slot now."""
         self._clock = clock
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._slots = Slots(max_in_flight)
 
     def __repr__(self) -> str:
         return (
             f"<ConcurrencyLimiter {self.in_flight}/{self.max_in_flight} in flight, "
-            f"{len(self._waiters)}/{self.queue} waiting>"
+            f"{self.waiting}/{self.queue} waiting>"
         )
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._slots.held
 
     @property
     def waiting(self) -> int:
         """Calls waiting in the queue now."""
-        return len(self._waiters)
+        return self._slots.waiting
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody waits for it."""
-        if self.in_flight < self.max_in_flight and not self._waiters:
-            self.in_flight += 1
-            return True
-        return False
+        return self._slots.try_acquire()
 
     async def acquire(self) -> float:
         """Take a slot, waiting in the queue if allowed; returns the seconds waited.
@@ -89,36 +87,20 @@ class ConcurrencyLimiter:
         """
         if self.try_acquire():
             return 0.0
-        if len(self._waiters) >= self.queue:
+        if self._slots.waiting >= self.queue:
             raise self._refusal("queue_full", "too many calls in flight")
         start = self._clock()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
-            async with _compat.timeout(self.queue_timeout_seconds):
-                await waiter
-        except BaseException as exc:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed over as we gave up: pass it on
-            else:
-                waiter.cancel()
-                self._waiters.remove(waiter)
-            if isinstance(exc, TimeoutError):
-                raise self._refusal(
-                    "queue_timeout", f"no slot free within {self.queue_timeout_seconds:g}s"
-                ) from None
-            raise
+            await self._slots.wait(self.queue_timeout_seconds)
+        except TimeoutError:
+            raise self._refusal(
+                "queue_timeout", f"no slot free within {self.queue_timeout_seconds:g}s"
+            ) from None
         return self._clock() - start
 
     def release(self) -> None:
         """Give a slot back: to the first waiter if any, else to the pool."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to it; in_flight is unchanged
-                return
-        self.in_flight -= 1
+        self._slots.release()
 
     def _refusal(self, reason: str, detail: str) -> Overloaded:
         return Overloaded(detail, reason=reason, retry_after=self.retry_after_seconds)
