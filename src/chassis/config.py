@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .exceptions import ConfigError
 
 __all__ = [
+    "DURATION_BUCKETS_SECONDS",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "ChassisSettings",
@@ -105,6 +106,12 @@ class HealthSettings(_Section):
     """How often the event-loop lag is measured."""
 
 
+DURATION_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""Default buckets of the server and client request-duration histograms (seconds)."""
+
+
 class MetricsSettings(_Section):
     """``CHASSIS_METRICS__*``: Prometheus metrics."""
 
@@ -114,22 +121,7 @@ class MetricsSettings(_Section):
     """Where the registry is served."""
     exemplars: bool = True
     """Attach the trace id of sampled requests to histogram observations (OpenMetrics)."""
-    duration_buckets_seconds: tuple[float, ...] = (
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.075,
-        0.1,
-        0.25,
-        0.5,
-        0.75,
-        1.0,
-        2.5,
-        5.0,
-        7.5,
-        10.0,
-    )
+    duration_buckets_seconds: tuple[float, ...] = DURATION_BUCKETS_SECONDS
     """Histogram buckets of request durations."""
     process_metrics: bool = True
     """Export process (CPU, memory, open fds) and GC collectors."""

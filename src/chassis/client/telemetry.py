@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Protocol
 
+from chassis.config import DURATION_BUCKETS_SECONDS
+
 from .breaker import CIRCUIT_STATE_VALUES, CircuitState
 
 if TYPE_CHECKING:
@@ -53,22 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_DURATION_BUCKETS_SECONDS", "ClientMetrics", "UpstreamStats"]
 
-DEFAULT_DURATION_BUCKETS_SECONDS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-)
+DEFAULT_DURATION_BUCKETS_SECONDS = DURATION_BUCKETS_SECONDS
 """Buckets of ``http_client_request_duration_seconds`` unless given others."""
 
 REJECT_REASONS = ("circuit_open", "bulkhead_full", "no_instances")
