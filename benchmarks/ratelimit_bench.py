@@ -8,7 +8,8 @@ the in-memory path (no Redis, no HTTP):
 * ``TokenBucket.try_acquire``: one bucket;
 * ``KeyedLimiter.try_acquire``: one key, and 10 000 keys in turn in a full table
   (every call moves a key to the recent end of the LRU table);
-* ``KeyedLimiter.decide``: the same, returning a ``Decision`` (what the middleware uses);
+* ``KeyedLimiter.take``: the same, answering the balance (the middleware's decision);
+* ``KeyedLimiter.decide``: the same, returning a ``Decision`` (what the answer headers need);
 * ``KeyedLimiter.try_acquire`` on a flood of new keys: every call evicts one;
 * ``PriorityShedder.shed_reason``: in-flight and event-loop lag thresholds;
 * ``ConcurrencyLimiter`` ``try_acquire`` + ``release``.
@@ -65,6 +66,7 @@ def cases() -> dict[str, Callable[[], object]]:
         "TokenBucket.try_acquire": bucket.try_acquire,
         "KeyedLimiter.try_acquire, 1 key": lambda: one_key.try_acquire("c:127.0.0.1"),
         f"KeyedLimiter.try_acquire, {KEYS} keys": lambda: many.try_acquire(next_key()),
+        f"KeyedLimiter.take, {KEYS} keys": lambda: many.take(next_key()),
         f"KeyedLimiter.decide, {KEYS} keys": lambda: many.decide(next_key()),
         "KeyedLimiter.try_acquire, new key (evicts)": lambda: flood.try_acquire(new_key()),
         "PriorityShedder.shed_reason": lambda: shedder.shed_reason(Priority.NORMAL, 10),

@@ -156,6 +156,18 @@ def test_keyed_limiter_keeps_one_bucket_per_key() -> None:
     assert "a" in limiter
 
 
+def test_take_answers_the_balance_and_refuses_without_taking() -> None:
+    clock = FakeClock()
+    limiter = KeyedLimiter(2, burst=3, clock=clock)
+    assert [limiter.take("a") for _ in range(3)] == [2.0, 1.0, 0.0]
+    assert limiter.take("a", cost=2) == -2.0  # refused: two tokens short, none taken
+    clock.advance(0.5)  # one token back
+    assert limiter.take("a") == 0.0
+    refused = Decision.from_balance(limiter.take("a"), 2, 3, 1)
+    assert refused == Decision(False, 3, 0, 1.5, 0.5)
+    assert Decision.from_balance(1.5, 2, 3, 1) == Decision(True, 3, 1, 0.75, 0.0)
+
+
 def test_random_key_flood_keeps_the_key_table_at_its_bound() -> None:
     limiter = KeyedLimiter(5, burst=5, max_keys=100, clock=FakeClock())
     rng = random.Random(5)

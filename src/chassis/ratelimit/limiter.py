@@ -54,11 +54,11 @@ class _Policy:
     priority: Priority | None
     redis: RedisLimiter | None = None
 
-    async def decide(self, request: web.Request, local: KeyedLimiter) -> Decision:
-        key = self.key(request)
-        if self.redis is not None:
-            return await self.redis.decide(key)
-        return local.decide(key)
+    async def decide(self, request: web.Request) -> Decision | None:
+        """Shared (Redis) decision, or ``None`` when this policy limits locally."""
+        if self.redis is None:
+            return None
+        return await self.redis.decide(self.key(request))
 
 
 class _Stats:
@@ -387,12 +387,20 @@ class RateLimiter:
         try:
             try:
                 for p in (policy, service):
-                    if p is not None and p.local is not None:
-                        decision = await p.decide(request, p.local)
-                        if not decision.allowed:
-                            raise decision.refusal()
-                        if shown is None or decision.remaining < shown.remaining:
-                            shown = decision
+                    if p is None or (local := p.local) is None:
+                        continue
+                    decision = await p.decide(request)
+                    if decision is None:
+                        # The in-memory path: one number, a Decision only for the headers.
+                        balance = local.take(p.key(request))
+                        if balance < 0.0 or shown is None or balance < shown.remaining:
+                            decision = Decision.from_balance(balance, local.rate, local.burst, 1.0)
+                        else:
+                            continue
+                    if not decision.allowed:
+                        raise decision.refusal()
+                    if shown is None or decision.remaining < shown.remaining:
+                        shown = decision
                 for p in (service, policy):
                     if p is not None and p.concurrency is not None:
                         waited = await p.concurrency.acquire()
