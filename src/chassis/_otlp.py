@@ -100,36 +100,40 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 # Spans of one service repeat the same attributes (method, route, scheme, host...):
-# encode each (key, value) once. Bounded: cleared when full.
-_KV_CACHE: dict[tuple[str, Any, type], bytes] = {}
+# encode each (field, key, value) once, tag and length included. Bounded: cleared
+# when full. Only the exporter's thread encodes.
+_KV_CACHE: dict[int, dict[tuple[str, Any, type], bytes]] = {}
 _KV_CACHE_MAX = 8192
 
 
 def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
-    tag = _varint(_tag(field, 2))
-    cache = _KV_CACHE
+    cache = _KV_CACHE.get(field)
+    if cache is None:
+        cache = _KV_CACHE[field] = {}
+    tag = None
     parts = []
     for key, value in attributes.items():
         try:
             cache_key = (key, value, type(value))
-            body = cache.get(cache_key)
+            chunk = cache.get(cache_key)
         except TypeError:  # unhashable (a list): encode every time
-            cache_key, body = None, None
-        if body is None:
+            cache_key, chunk = None, None
+        if chunk is None:
             try:
                 body = _key_value(key, value)
             except TypeError:
                 log.warning("span attribute %r has a type OTLP cannot carry; dropped", key)
                 continue
+            if tag is None:
+                tag = _varint(_tag(field, 2))
+            chunk = tag + _varint(len(body)) + body
             if cache_key is not None:
                 if len(cache) >= _KV_CACHE_MAX:
                     cache.clear()
-                cache[cache_key] = body
-        parts.append(tag)
-        parts.append(_varint(len(body)))
-        parts.append(body)
+                cache[cache_key] = chunk
+        parts.append(chunk)
     return b"".join(parts)
 
 
@@ -154,22 +158,59 @@ def _trace_state(context: SpanContext) -> str | None:
     return ",".join(f"{k}={v}" for k, v in state.items())
 
 
+# Constant parts of a Span message, written once (tag byte, and length where fixed).
+_B_TRACE_ID = bytes((_tag(1, 2), 16))
+_B_SPAN_ID = bytes((_tag(2, 2), 8))
+_B_PARENT_ID = bytes((_tag(4, 2), 8))
+_B_NAME = _varint(_tag(5, 2))
+_B_KIND = [bytes((_tag(6, 0), kind + 1)) for kind in range(5)]
+_B_START = bytes((_tag(7, 1),))
+_B_END = bytes((_tag(8, 1),))
+_B_STATUS = {
+    code: _len_field(_tag(15, 2), _uint(3, code)) for code in range(3)
+}  # without a description
+_B_FLAGS_LOCAL = _varint(_tag(16, 5)) + struct.pack("<I", _HAS_IS_REMOTE)
+_B_FLAGS_REMOTE = _varint(_tag(16, 5)) + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+
+
+def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
+    """The span's attributes without the read-only view ``span.attributes`` builds."""
+    raw = getattr(span, "_attributes", None)
+    if type(raw) is dict:  # the chassis' own server spans
+        return raw
+    inner = getattr(raw, "_dict", None)  # the SDK's BoundedAttributes
+    if isinstance(inner, dict):
+        return inner
+    return span.attributes
+
+
 def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     assert context is not None
     parent = span.parent
+    name = span.name.encode()
     parts = [
-        _len_field(_tag(1, 2), context.trace_id.to_bytes(16, "big")),
-        _len_field(_tag(2, 2), context.span_id.to_bytes(8, "big")),
-        _string(3, _trace_state(context)),
-        _len_field(_tag(4, 2), parent.span_id.to_bytes(8, "big")) if parent else b"",
-        _string(5, span.name),
-        _uint(6, span.kind.value + 1),
-        bytes((_tag(7, 1),)) + _pack_fixed64(span.start_time or 0),
-        bytes((_tag(8, 1),)) + _pack_fixed64(span.end_time or 0),
-        _attributes(9, span.attributes),
-        _uint(10, span.dropped_attributes),
+        _B_TRACE_ID,
+        context.trace_id.to_bytes(16, "big"),
+        _B_SPAN_ID,
+        context.span_id.to_bytes(8, "big"),
     ]
+    if context.trace_state:
+        parts.append(_string(3, _trace_state(context)))
+    if parent is not None:
+        parts += (_B_PARENT_ID, parent.span_id.to_bytes(8, "big"))
+    parts += (
+        _B_NAME,
+        _varint(len(name)),
+        name,
+        _B_KIND[span.kind.value],
+        _B_START,
+        _pack_fixed64(span.start_time or 0),
+        _B_END,
+        _pack_fixed64(span.end_time or 0),
+        _attributes(9, _plain_attributes(span)),
+        _uint(10, span.dropped_attributes),
+    )
     for event in span.events:
         body = (
             bytes((_tag(1, 1),))
@@ -192,10 +233,15 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_len_field(_tag(13, 2), body))
     parts.append(_uint(14, span.dropped_links))
     status = span.status
-    parts.append(
-        _len_field(_tag(15, 2), _string(2, status.description) + _uint(3, status.status_code.value))
-    )
-    parts.append(_varint(_tag(16, 5)) + struct.pack("<I", _flags(parent)))
+    if status.description:
+        parts.append(
+            _len_field(
+                _tag(15, 2), _string(2, status.description) + _uint(3, status.status_code.value)
+            )
+        )
+    else:
+        parts.append(_B_STATUS[status.status_code.value])
+    parts.append(_B_FLAGS_REMOTE if parent is not None and parent.is_remote else _B_FLAGS_LOCAL)
     return b"".join(parts)
 
 

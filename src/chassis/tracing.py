@@ -71,6 +71,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from ._spans import start_server_span
 from ._version import __version__
 from .config import ChassisSettings, TracingSettings, env_var_name
 from .exceptions import ConfigError, LifecycleError
@@ -78,6 +79,7 @@ from .http import _fail_current_span, route_template
 from .metrics import KNOWN_METHODS
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -114,6 +116,7 @@ _ERROR = Status(StatusCode.ERROR)
 _TRACEPARENT = "traceparent"
 _BAGGAGE = "baggage"
 _attach = otel_context.attach
+_get_current = otel_context.get_current
 _detach = otel_context.detach
 _in_context = trace.set_span_in_context
 
@@ -373,7 +376,9 @@ class Tracing:
             return await handler(request)  # disabled, not started, or left out
         headers = request.headers
         # What _PROPAGATOR.extract(headers) does, minus the work for absent headers.
-        parent = None  # the current context: empty in a request task, unless a caller wraps us
+        # The current context (empty in a request task, unless a caller wraps us), read
+        # once: the span, the sampler and its parent check would each read it again.
+        parent = _get_current()
         if _TRACEPARENT in headers:
             parent = _TRACE_CONTEXT.extract(headers, parent)
         if _BAGGAGE in headers:
@@ -390,7 +395,7 @@ class Tracing:
         # Attributes go in at creation: samplers may use them (as the semantic
         # conventions ask), and the SDK sets them in one pass instead of one by one.
         attributes = self._describe(request, method if known else "_OTHER", route)
-        span = tracer.start_span(name, parent, _SERVER, attributes)
+        span = start_server_span(cast("SdkTracer", tracer), name, parent, _SERVER, attributes)
         token = _attach(_in_context(span, parent))
         current = _current.set(self)
         try:
