@@ -699,6 +699,25 @@ def test_service_metrics_are_prefixed_with_the_snake_cased_service_name() -> Non
     assert value(registry, "market_data_spread_bucket", venue="x", le="0.1") == 1
 
 
+def test_a_metric_can_take_a_domain_prefix_or_none_instead_of_the_service_name() -> None:
+    metrics = Service("orders").metrics
+
+    metrics.counter("orders", "Orders by outcome.", ("outcome",), prefix="simplebank_").labels(
+        "filled"
+    ).inc()
+    metrics.gauge("up_ratio", "Share of instances up.", prefix="").set(0.5)
+    metrics.histogram("fill_seconds", "Fill time.", buckets=(1.0,), prefix="bank_").observe(0.5)
+
+    registry = metrics.registry
+    assert value(registry, "simplebank_orders_total", outcome="filled") == 1
+    assert value(registry, "up_ratio") == 0.5
+    assert value(registry, "bank_fill_seconds_bucket", le="1.0") == 1
+    with pytest.raises(ValueError, match="invalid metric name '9lives'"):
+        metrics.counter("9lives", "Starts with a digit.", prefix="")
+    with pytest.raises(ValueError, match="invalid metric name"):
+        metrics.gauge("ok", "Bad prefix.", prefix="bad-")
+
+
 def test_asking_twice_for_a_metric_returns_the_same_one() -> None:
     metrics = Metrics(service_name="orders")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import os
@@ -145,6 +144,8 @@ class ChassisJsonFormatter(JsonFormatter):
         self._host = socket.gethostname()
         self._pid = os.getpid()
         self._encoder = JsonEncoder()
+        # One encoder for every line: json.dumps() with options builds a new one per call.
+        self._encode = json.JSONEncoder(ensure_ascii=False, default=self._encoder.default).encode
 
     def format(self, record: logging.LogRecord) -> str:
         """One JSON object on one line.
@@ -154,7 +155,7 @@ class ChassisJsonFormatter(JsonFormatter):
         """
         if isinstance(record.msg, dict):
             return super().format(record)
-        return _dumps(self.fields(record), default=self._encoder.default)
+        return self._encode(self.fields(record))
 
     def add_fields(
         self,
@@ -227,7 +228,6 @@ class ConsoleFormatter(logging.Formatter):
 
 
 _STOP = object()
-_dumps = functools.partial(json.dumps, ensure_ascii=False)
 
 
 class _BackgroundStreamHandler(logging.Handler):

@@ -449,11 +449,20 @@ class Metrics:
         return f"<Metrics {self.service_name or '(unnamed)'} {self.settings.path}>"
 
     # -- service metrics ----------------------------------------------------------
-    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+    def counter(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        prefix: str | None = None,
+    ) -> Counter:
         """The counter ``<prefix><name>`` on this registry, made on first call.
 
         A trailing ``_total`` is optional: ``counter("sold_total")`` and
         ``counter("sold")`` are the same counter, exposed as ``<prefix>sold_total``.
+        ``prefix`` replaces the service's own (``orders_``): ``""`` for none, or a
+        domain's, such as ``simplebank_``, for a metric several services share.
 
         Raises:
             ValueError: the name is invalid, or already used by a metric of another
@@ -470,11 +479,21 @@ class Metrics:
                 labels,
                 None,
                 lambda full: Counter(full, documentation, labels, registry=self.registry),
+                prefix,
             ),
         )
 
-    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+    def gauge(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        prefix: str | None = None,
+    ) -> Gauge:
         """The gauge ``<prefix><name>`` on this registry, made on first call.
+
+        ``prefix`` replaces the service's own, as for :meth:`counter`.
 
         Raises:
             ValueError: the name is invalid, or already used by a metric of another
@@ -490,6 +509,7 @@ class Metrics:
                 labels,
                 None,
                 lambda full: Gauge(full, documentation, labels, registry=self.registry),
+                prefix,
             ),
         )
 
@@ -500,10 +520,12 @@ class Metrics:
         labels: Sequence[str] = (),
         *,
         buckets: Sequence[float] | None = None,
+        prefix: str | None = None,
     ) -> Histogram:
         """The histogram ``<prefix><name>`` on this registry, made on first call.
 
-        ``buckets`` defaults to ``prometheus_client``'s latency buckets (5 ms to 10 s).
+        ``buckets`` defaults to ``prometheus_client``'s latency buckets (5 ms to 10 s);
+        ``prefix`` replaces the service's own, as for :meth:`counter`.
 
         Raises:
             ValueError: the name is invalid, or already used by a metric of another
@@ -522,6 +544,7 @@ class Metrics:
                 lambda full: Histogram(
                     full, documentation, labels, buckets=chosen, registry=self.registry
                 ),
+                prefix,
             ),
         )
 
@@ -557,10 +580,11 @@ class Metrics:
         labels: Sequence[str],
         buckets: tuple[float, ...] | None,
         make: Callable[[str], Any],
+        prefix: str | None = None,
     ) -> Any:
-        if not _METRIC_NAME_OK(name):
-            raise ValueError(f"invalid metric name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
-        full = self.prefix + name
+        full = (self.prefix if prefix is None else prefix) + name
+        if not (_METRIC_NAME_OK(full) and (name[:1].isalpha() or name[:1] == "_")):
+            raise ValueError(f"invalid metric name {full!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
         wanted = tuple(labels)
         known = self._made.get(full)
         if known is None:
