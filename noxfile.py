@@ -30,7 +30,7 @@ DEPENDENCIES: list[str] = PYPROJECT["project"]["dependencies"]
 EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
 # Every extra but the tool chain: the tests cover the optional back ends too.
 RUNTIME_EXTRAS = sorted(name for name in EXTRAS if name != "dev")
-TEST_TOOLS = ("pytest", "pytest-asyncio", "pytest-aiohttp", "pytest-timeout")
+TEST_TOOLS = ("pytest", "pytest-asyncio", "pytest-aiohttp", "pytest-timeout", "hatchling")
 DOCS_TOOLS = ("mkdocs", "mkdocs-material", "mkdocstrings", "ruff")  # ruff formats signatures
 
 
@@ -89,6 +89,20 @@ def tests_lowest(session: nox.Session) -> None:
     session.install("--no-deps", str(wheel))
     session.run("uv", "pip", "list")
     run_pytest(session)
+
+
+SIMPLEBANK = ROOT / "examples" / "simplebank"
+
+
+@nox.session
+def simplebank(session: nox.Session) -> None:
+    """The SimpleBank example's tests and types, on the built chassis wheel."""
+    wheel = build_wheel(session)
+    session.install(f"{wheel}[{','.join(RUNTIME_EXTRAS)}]", *dev(*TEST_TOOLS, "mypy"))
+    session.install(f"{SIMPLEBANK}[test]")
+    session.run("mypy", "--strict", str(SIMPLEBANK / "src"))
+    session.chdir(SIMPLEBANK)
+    session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session
@@ -162,7 +176,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI runs: lint, typing, docs, build, tests on each Python, tests_lowest.
+    """Everything CI runs: lint, typing, docs, build, tests on each Python, tests_lowest,
+    and the SimpleBank example.
 
     The sessions are queued after this one and all run; nox exits non-zero if any
     fails. Posargs go to pytest only.
@@ -172,3 +187,4 @@ def ci(session: nox.Session) -> None:
     for python in PYTHONS:
         session.notify(f"tests-{python}")
     session.notify("tests_lowest")
+    session.notify("simplebank")

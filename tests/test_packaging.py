@@ -38,8 +38,8 @@ def _module_names(root: Path) -> list[str]:
     """Dotted names of every module and subpackage under ``root``."""
     names = []
     for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
+        if "__pycache__" in path.parts or path.relative_to(root).parts[0] == "templates":
+            continue  # templates are data (Jinja, not Python) until rendered
         parts = ["chassis", *path.relative_to(root).with_suffix("").parts]
         if parts[-1] == "__init__":
             parts.pop()

@@ -55,6 +55,8 @@ _MODULES = {
     "discovery": "discovery",
     "client": "client",
     "ratelimit": "ratelimit",
+    "events": "events",
+    "database": "db",
 }
 
 _module_docs: griffe.Module | None = None

@@ -40,7 +40,9 @@ __all__ = [
     "ENV_PREFIX",
     "ChassisSettings",
     "ClientSettings",
+    "DatabaseSettings",
     "DiscoverySettings",
+    "EventsSettings",
     "HealthSettings",
     "HttpSettings",
     "LogSettings",
@@ -338,6 +340,53 @@ class ClientSettings(_Section):
     """``round_robin`` or ``p2c`` (power of two choices by outstanding requests)."""
 
 
+class EventsSettings(_Section):
+    """``CHASSIS_EVENTS__*``: publish/subscribe between services."""
+
+    backend: Literal["memory", "rabbitmq"] = "memory"
+    """``memory`` (embedded default: services in one process share a broker) or ``rabbitmq``."""
+    url: SecretStr = SecretStr("amqp://127.0.0.1:5672/")
+    """The RabbitMQ broker's AMQP URL, credentials included
+    (``amqp://user:password@127.0.0.1:5672/vhost``)."""
+    prefetch: int = Field(default=16, ge=1)
+    """Deliveries a consuming instance handles at once."""
+    max_attempts: int = Field(default=5, ge=1)
+    """Deliveries of one event to a failing handler, the first included, before it is
+    dead-lettered."""
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    """Delay before the first redelivery; it doubles per attempt, with full jitter."""
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    """Largest delay before a redelivery."""
+    publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a publish waits for the broker to confirm it."""
+    stop_timeout_seconds: float = Field(default=10.0, ge=0)
+    """At shutdown, how long in-flight handlers may take to finish before they are
+    cancelled (their events are delivered again later)."""
+    reconnect_initial_seconds: float = Field(default=0.5, gt=0)
+    """First delay before reconnecting to a lost broker; it doubles, with full jitter."""
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    """Largest delay between reconnection attempts (and between the outbox relay's
+    attempts to publish)."""
+    outbox_poll_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often the outbox relay looks for unsent events besides being woken by commits
+    (it finds the events a crashed process left behind)."""
+    outbox_batch_size: int = Field(default=100, ge=1)
+    """Outbox rows the relay reads per round."""
+
+
+class DatabaseSettings(_Section):
+    """``CHASSIS_DATABASE__*``: the service's own SQLite store (``service.database()``)."""
+
+    path: str | None = None
+    """Database file; none means ``<service name>.db`` in the working directory.
+    ``:memory:`` keeps it in memory (gone at exit)."""
+    busy_timeout_seconds: float = Field(default=5.0, ge=0)
+    """How long a statement waits for another process' write lock on the file."""
+    inbox_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long idempotent subscribers remember the ids of the events they applied;
+    keep it longer than any event can be redelivered."""
+
+
 class RouteLimitSettings(_Section):
     """One route's limits in ``CHASSIS_RATELIMIT__ROUTES`` (keyed by route template)."""
 
@@ -438,6 +487,8 @@ class ChassisSettings(BaseSettings):
     discovery: DiscoverySettings = DiscoverySettings()
     client: ClientSettings = ClientSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
+    events: EventsSettings = EventsSettings()
+    database: DatabaseSettings = DatabaseSettings()
 
 
 def env_var_name(loc: tuple[int | str, ...], prefix: str = ENV_PREFIX) -> str:

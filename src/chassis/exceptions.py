@@ -8,6 +8,9 @@ exception means the same thing, it is mixed in, so generic handlers keep working
     ├── ConfigError(ValueError)         invalid settings; names every bad variable
     ├── DeadlineExceeded(TimeoutError)  a ``timeout()`` block or function ran out of time
     ├── DiscoveryError(ConnectionError) discovery could not answer and had no cached answer
+    ├── EventError                      an event could not be published or consumed
+    │   ├── InvalidEvent(ValueError)    not a valid envelope, or data that is not JSON
+    │   └── PublishError(ConnectionError)  the broker did not take (confirm) a publish
     ├── LifecycleError(RuntimeError)    a Service used in the wrong state
     │   └── ClientClosed                a ServiceClient used after ``aclose()`` or shutdown
     ├── UpstreamError                   a call to a dependency failed; ``service``, ``attempts``
@@ -48,10 +51,13 @@ __all__ = [
     "Conflict",
     "DeadlineExceeded",
     "DiscoveryError",
+    "EventError",
+    "InvalidEvent",
     "LifecycleError",
     "NotFound",
     "Overloaded",
     "ProblemError",
+    "PublishError",
     "RateLimited",
     "RequestValidationError",
     "ServiceUnavailable",
@@ -93,6 +99,31 @@ class DiscoveryError(ChassisError, ConnectionError):
     def __init__(self, message: str, *, service: str | None = None) -> None:
         super().__init__(message)
         self.service = service
+
+
+class EventError(ChassisError):
+    """An event could not be published or consumed."""
+
+
+class InvalidEvent(EventError, ValueError):
+    """An event that cannot be encoded or decoded.
+
+    Raised by ``publish`` when the data is not a JSON object (or holds values JSON
+    cannot represent), and on consumption for a message that is not a valid
+    envelope; such a message is dead-lettered with this error's text as the reason.
+    """
+
+
+class PublishError(EventError, ConnectionError):
+    """The broker did not take an event: it refused it, or did not confirm it in time.
+
+    Attributes:
+        event_type: the type of the event that was not published.
+    """
+
+    def __init__(self, message: str, *, event_type: str) -> None:
+        super().__init__(message)
+        self.event_type = event_type
 
 
 class LifecycleError(ChassisError, RuntimeError):

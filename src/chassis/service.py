@@ -36,13 +36,16 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from .client import Clients, DeadlinePropagation, ServiceClient
 from .config import ChassisSettings, load_settings
+from .db import Database
 from .discovery.capability import Discovery
+from .events import Events
 from .exceptions import LifecycleError
 from .health import Health
 from .http import RequestPipeline
@@ -152,6 +155,13 @@ class Service:
         )
         self.deadlines = DeadlinePropagation()
         self.clients = Clients(registry=self.discovery, metrics=self.metrics.registry)
+        self.events = Events(
+            service_name=name,
+            registry=self.metrics.registry,
+            tracing=self.tracing,
+            health=self.health,
+        )
+        self._database: Database | None = None
         self.install(self.deadlines)
         self.install(self.ratelimit)
         self.install(self.pipeline)
@@ -160,6 +170,7 @@ class Service:
         self.install(self.tracing)
         self.install(self.discovery)
         self.install(self.clients)  # after discovery: clients close before the registry
+        self.install(self.events)  # a database installed later closes before the broker
 
     def __repr__(self) -> str:
         return f"<Service {self.name} {self.version}>"
@@ -171,6 +182,28 @@ class Service:
         ``CHASSIS_CLIENT__*`` settings for this upstream (e.g. ``timeout_seconds=1``).
         """
         return self.clients.get(name, **overrides)
+
+    def database(self, path: str | Path | None = None, *, schema: str = "") -> Database:
+        """Install the service's SQLite database, with an outbox published by ``service.events``.
+
+        The database opens at startup (running ``schema``, which must be idempotent:
+        ``CREATE TABLE IF NOT EXISTS ...``) and closes at shutdown; a ``database``
+        readiness check is added. ``path`` defaults to ``CHASSIS_DATABASE__PATH``,
+        else ``<service name>.db``. See :class:`~chassis.db.Database`.
+
+        Raises:
+            LifecycleError: the service has a database already, or has started.
+        """
+        if self._database is not None:
+            raise LifecycleError(f"{self!r} has a database already: {self._database!r}")
+        if self.app.frozen:
+            raise LifecycleError(f"{self!r} has started; add the database before")
+        db = Database(path, schema=schema, source=self.name, publisher=self.events.publish_event)
+        self.install(db)
+        self.health.add_check("database", db.check)
+        self.events.database = db
+        self._database = db
+        return db
 
     # -- settings -----------------------------------------------------------------
     @property

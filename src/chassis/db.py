@@ -1,0 +1,565 @@
+"""``Database``: a service's own SQLite store, with a transactional outbox and an inbox.
+
+Each service owns its data (database per service). The chassis gives it an
+embedded SQLite database through :mod:`aiosqlite`, so no server is needed::
+
+    db = service.database("orders.db", schema=SCHEMA)
+
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO orders (id, total) VALUES (?, ?)", (oid, total))
+        tx.publish("order_created", {"order_id": oid}, key=oid)
+
+    row = await db.fetchone("SELECT total FROM orders WHERE id = ?", (oid,))
+
+* **Transactions** are ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an
+  exception) on one writer connection; they are serialised by an ``asyncio.Lock``.
+  Reads outside a transaction use a second connection and see committed data (the
+  file is in WAL mode, so they never wait for a writer).
+* **Outbox**: :meth:`Transaction.publish` writes the event to the ``chassis_outbox``
+  table in the same transaction as the state change. After the commit, a relay task
+  publishes the pending rows in order and marks them sent. If the process dies
+  between the commit and the publish, the row stays pending and the relay of the next
+  process on that file sends it: the event is published at least once, never lost.
+  The relay also wakes every ``events.outbox_poll_interval_seconds``; when
+  publishing fails it backs off (exponentially, with full jitter) and retries the
+  same row, keeping the order.
+* **Inbox**: idempotent subscribers (``subscribe(..., idempotent=True)``) record the
+  ids of the events they applied in ``chassis_inbox``, in the transaction of the
+  handler, so a redelivered event is applied once in effect.
+
+Rows are :class:`sqlite3.Row`: access columns by name (``row["total"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import _compat
+from .config import ChassisSettings, DatabaseSettings, EventsSettings
+from .events.base import Event, decode, encode, new_event
+from .exceptions import LifecycleError
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+__all__ = ["DATABASE_KEY", "Database", "Result", "Transaction"]
+
+log = logging.getLogger("chassis.db")
+
+Params = Sequence[Any] | Mapping[str, Any]
+Publisher = Callable[[Event], Awaitable[Any]]
+"""Publishes one event and returns once the broker holds it (the relay's sink)."""
+
+CHASSIS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chassis_outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT    NOT NULL UNIQUE,
+    type       TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
+    created_at REAL    NOT NULL,
+    sent_at    REAL
+);
+CREATE INDEX IF NOT EXISTS chassis_outbox_pending ON chassis_outbox (seq) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS chassis_inbox (
+    handler      TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    processed_at REAL NOT NULL,
+    PRIMARY KEY (handler, event_id)
+);
+"""
+"""The chassis' own tables, created next to the service's schema."""
+
+_SENT_RETENTION_SECONDS = 3600.0
+"""Rows the relay sent are kept this long (for inspection), then deleted."""
+_RELAY_BACKOFF_INITIAL_SECONDS = 0.1
+
+_in_transaction: contextvars.ContextVar[Database | None] = contextvars.ContextVar(
+    "chassis_db_transaction", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a statement did."""
+
+    rowcount: int
+    """Rows changed (``-1`` for statements that change none)."""
+    lastrowid: int | None
+    """``rowid`` of the last inserted row."""
+
+
+class Transaction:
+    """One write transaction. Get it from :meth:`Database.transaction`."""
+
+    __slots__ = ("_conn", "_db", "_outbox")
+
+    def __init__(self, db: Database, conn: aiosqlite.Connection) -> None:
+        self._db = db
+        self._conn = conn
+        self._outbox: list[Event] = []
+
+    async def execute(self, sql: str, params: Params = ()) -> Result:
+        """Run one statement."""
+        cursor = await self._conn.execute(sql, params)
+        try:
+            return Result(cursor.rowcount, cursor.lastrowid)
+        finally:
+            await cursor.close()
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> Result:
+        """Run one statement once per parameter set."""
+        cursor = await self._conn.executemany(sql, rows)
+        try:
+            return Result(cursor.rowcount, cursor.lastrowid)
+        finally:
+            await cursor.close()
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """The first row of a query, or None; sees this transaction's own writes."""
+        async with self._conn.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Every row of a query; sees this transaction's own writes."""
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    def publish(
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        schema_version: int = 1,
+    ) -> Event:
+        """Publish an event if, and only if, this transaction commits (the outbox).
+
+        The event is checked and built now (so bad data fails here, inside the
+        transaction) and written to the outbox table when the transaction commits.
+        The trace context of the current span travels with it.
+
+        Raises:
+            InvalidEvent: a bad type, or data that is not a JSON object.
+            LifecycleError: the database has no event source (no service name).
+        """
+        from .tracing import inject_headers
+
+        source = self._db.source
+        if source is None:
+            raise LifecycleError(
+                "this Database publishes for no service: build it with service.database() "
+                "or pass source='<service name>'"
+            )
+        context: dict[str, str] = inject_headers({})
+        event = new_event(
+            type,
+            data,
+            source=source,
+            key=key,
+            schema_version=schema_version,
+            traceparent=context.get("traceparent"),
+            tracestate=context.get("tracestate"),
+        )
+        self._outbox.append(event)
+        return event
+
+    async def _flush_outbox(self) -> int:
+        if not self._outbox:
+            return 0
+        now = time.time()
+        rows = [(e.id, e.type, encode(e)[0], now) for e in self._outbox]
+        await self._conn.executemany(
+            "INSERT INTO chassis_outbox (event_id, type, body, created_at) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+        return len(rows)
+
+
+class Database:
+    """A service's SQLite database: transactions, reads, outbox relay and inbox.
+
+    Args:
+        path: the database file (``str`` or ``Path``), or ``":memory:"``; none means
+            ``CHASSIS_DATABASE__PATH``, or ``<service name>.db``.
+        schema: SQL run at every open with ``executescript``; make it idempotent
+            (``CREATE TABLE IF NOT EXISTS``).
+        source: the service name stamped on events published through the outbox.
+        publisher: where the relay publishes outbox rows (a
+            :meth:`chassis.events.Events.publish_event`); none disables the relay.
+        settings: database settings; when omitted, the service's (or the defaults).
+        events_settings: the relay's poll interval and batch size come from here.
+
+    With a :class:`~chassis.Service`, use ``service.database(...)``: it installs the
+    database (opened at startup, closed at shutdown, a ``database`` readiness check)
+    and connects its outbox to ``service.events``. Without one, ``await db.open()``
+    and ``await db.aclose()``, or ``async with db:``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        schema: str = "",
+        source: str | None = None,
+        publisher: Publisher | None = None,
+        settings: DatabaseSettings | None = None,
+        events_settings: EventsSettings | None = None,
+    ) -> None:
+        self._path = path
+        self.schema = schema
+        self.source = source
+        self.publisher = publisher
+        self._explicit_settings = settings
+        self.settings = settings or DatabaseSettings()
+        self.events_settings = events_settings or EventsSettings()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._relay_task: asyncio.Task[None] | None = None
+        self._relay_go = asyncio.Event()
+        self._closed = False
+        self.outbox_backlog = 0
+        """Outbox rows not yet published, as last counted (exported as a gauge)."""
+        self.relay_failures = 0
+        """Failed publish attempts of the relay since the database opened."""
+
+    def __repr__(self) -> str:
+        state = "open" if self._writer is not None else "closed"
+        return f"<Database {str(self.path)!r} {state}>"
+
+    @property
+    def path(self) -> str:
+        """The database file (``:memory:`` for an in-memory database)."""
+        if self._path is not None:
+            return str(self._path)
+        if self.settings.path is not None:
+            return self.settings.path
+        return f"{self.source or 'service'}.db"
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the data lives in memory only."""
+        return self.path == ":memory:"
+
+    # -- lifecycle ------------------------------------------------------------------
+    def configure(self, settings: ChassisSettings) -> None:
+        """Adopt a service's database and events settings unless explicit ones were given."""
+        if self._explicit_settings is None:
+            self.settings = settings.database
+        self.events_settings = settings.events
+
+    def setup(self, app: web.Application) -> None:
+        """Add one cleanup context: open at startup, close at shutdown."""
+        app[DATABASE_KEY] = self
+        app.cleanup_ctx.append(self._lifespan)
+
+    async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        await self.open(start_relay=False)
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def __aenter__(self) -> Database:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self, *, start_relay: bool = True) -> None:
+        """Open the connections, create the tables, start the relay.
+
+        ``start_relay=False`` opens with the relay held until :meth:`start_relay`
+        (a service starts it once its consumers are bound).
+
+        Raises:
+            LifecycleError: the database is open or was closed.
+        """
+        import aiosqlite
+
+        if self._writer is not None or self._closed:
+            raise LifecycleError(f"{self!r} cannot be opened again")
+        path = self.path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        timeout = self.settings.busy_timeout_seconds
+        writer = await self._connect(aiosqlite, path, timeout)
+        try:
+            if not self.in_memory:
+                await writer.execute("PRAGMA journal_mode=WAL")
+                await writer.execute("PRAGMA synchronous=NORMAL")
+            await writer.executescript(CHASSIS_SCHEMA)
+            if self.schema:
+                await writer.executescript(self.schema)
+            reader = writer
+            if not self.in_memory:
+                reader = await self._connect(aiosqlite, path, timeout)
+        except BaseException:
+            await writer.close()
+            raise
+        self._writer, self._reader = writer, reader
+        await self._count_pending()
+        if self.publisher is not None:
+            loop = asyncio.get_running_loop()
+            self._relay_task = loop.create_task(self._relay(), name=f"chassis-outbox-{path}")
+            if start_relay:
+                self.start_relay()
+        log.debug("database %s open", path, extra={"event": "database_open", "path": path})
+
+    @staticmethod
+    async def _connect(module: Any, path: str, timeout: float) -> aiosqlite.Connection:
+        conn: aiosqlite.Connection = await module.connect(
+            path, timeout=timeout, isolation_level=None
+        )
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def start_relay(self) -> None:
+        """Let the outbox relay run (it waits for this when opened with ``start_relay=False``)."""
+        self._relay_go.set()
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop the relay (after one last round, if it can publish) and close; idempotent."""
+        self._closed = True
+        task, self._relay_task = self._relay_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if self._relay_go.is_set():
+                # Send what requests committed while the service drained, if the
+                # broker takes it now; what it does not take waits for the next start.
+                try:
+                    async with _compat.timeout(self.events_settings.stop_timeout_seconds):
+                        await self.relay_once()
+                except Exception:
+                    log.warning(
+                        "outbox keeps %d unsent event(s) for the next start",
+                        self.outbox_backlog,
+                        extra={"event": "outbox_pending", "backlog": self.outbox_backlog},
+                    )
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        async with self._lock:
+            if reader is not None and reader is not writer:
+                await reader.close()
+            if writer is not None:
+                await writer.close()
+
+    async def check(self) -> bool:
+        """Readiness: the database answers a trivial query."""
+        row = await self.fetchone("SELECT 1")
+        return row is not None
+
+    # -- access ---------------------------------------------------------------------
+    def _conn(self, which: str) -> aiosqlite.Connection:
+        conn = self._writer if which == "writer" else self._reader
+        if conn is None:
+            raise LifecycleError(f"{self!r} is not open: it opens when the service starts")
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction: committed on exit, rolled back on an exception.
+
+        Events published with :meth:`Transaction.publish` are written to the outbox
+        in the same transaction. Transactions run one at a time; a transaction
+        cannot be nested in another one of the same database.
+
+        Raises:
+            LifecycleError: the database is not open, or this task is already
+                inside one of its transactions.
+        """
+        if _in_transaction.get() is self:
+            raise LifecycleError("transactions of one database cannot be nested")
+        async with self._lock:
+            conn = self._conn("writer")
+            token = _in_transaction.set(self)
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                tx = Transaction(self, conn)
+                try:
+                    yield tx
+                    published = await tx._flush_outbox()
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                    raise
+                if published:
+                    # Counted under the lock, so the relay's recount cannot miss or
+                    # double-count these rows.
+                    self.outbox_backlog += published
+                    self._wake.set()
+            finally:
+                _in_transaction.reset(token)
+
+    async def execute(self, sql: str, params: Params = ()) -> Result:
+        """Run one statement in a transaction of its own."""
+        async with self.transaction() as tx:
+            return await tx.execute(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """The first row of a query over committed data, or None."""
+        async with self._reading() as conn, conn.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Every row of a query over committed data."""
+        async with self._reading() as conn, conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = self._conn("reader")
+        if conn is not self._writer:
+            yield conn
+            return
+        # In memory there is one connection: reads wait for the writer.
+        if _in_transaction.get() is self:
+            raise LifecycleError(
+                "inside a transaction of an in-memory database, read with tx.fetchone/fetchall"
+            )
+        async with self._lock:
+            yield conn
+
+    # -- inbox ----------------------------------------------------------------------
+    async def seen(self, tx: Transaction, handler: str, event: Event) -> bool:
+        """Record that ``handler`` applies ``event`` in ``tx``; True if it already had."""
+        result = await tx.execute(
+            "INSERT OR IGNORE INTO chassis_inbox (handler, event_id, source, type, processed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (handler, event.id, event.source, event.type, time.time()),
+        )
+        return result.rowcount == 0
+
+    # -- outbox relay -----------------------------------------------------------------
+    async def _count_pending(self) -> int:
+        # On the writer, under the lock: a commit cannot slip between the count and its use.
+        async with self._lock:
+            conn = self._conn("writer")
+            async with conn.execute(
+                "SELECT count(*) FROM chassis_outbox WHERE sent_at IS NULL"
+            ) as cursor:
+                row = await cursor.fetchone()
+            self.outbox_backlog = int(row[0]) if row is not None else 0
+        return self.outbox_backlog
+
+    async def pending_events(self) -> list[Event]:
+        """The outbox events not yet published, oldest first."""
+        rows = await self.fetchall(
+            "SELECT body FROM chassis_outbox WHERE sent_at IS NULL ORDER BY seq"
+        )
+        return [decode(bytes(row["body"])) for row in rows]
+
+    async def relay_once(self) -> int:
+        """Publish pending outbox rows in order until none is left; return how many.
+
+        Raises:
+            Exception: what the publisher raised, after marking what was sent.
+        """
+        publisher = self.publisher
+        if publisher is None:
+            return 0
+        sent = 0
+        batch = self.events_settings.outbox_batch_size
+        while True:
+            rows = await self.fetchall(
+                "SELECT seq, body FROM chassis_outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+                (batch,),
+            )
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    event = decode(bytes(row["body"]))
+                except Exception as exc:  # written by us; only a foreign writer gets here
+                    log.error("outbox row %s is not an event (%s); skipped", row["seq"], exc)
+                    await self._mark_sent(int(row["seq"]))
+                    continue
+                await publisher(event)
+                await self._mark_sent(int(row["seq"]))
+                sent += 1
+            if len(rows) < batch:
+                break
+        await self._count_pending()
+        return sent
+
+    async def _mark_sent(self, seq: int) -> None:
+        async with self._lock:
+            conn = self._conn("writer")
+            await conn.execute(
+                "UPDATE chassis_outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq)
+            )
+            self.outbox_backlog = max(0, self.outbox_backlog - 1)
+
+    async def _prune(self) -> None:
+        async with self._lock:
+            conn = self._conn("writer")
+            await conn.execute(
+                "DELETE FROM chassis_outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+                (time.time() - _SENT_RETENTION_SECONDS,),
+            )
+            retention = self.settings.inbox_retention_seconds
+            await conn.execute(
+                "DELETE FROM chassis_inbox WHERE processed_at < ?", (time.time() - retention,)
+            )
+
+    async def _relay(self) -> None:
+        await self._relay_go.wait()
+        failures = 0
+        last_prune = 0.0
+        while not self._closed:  # the flag backs up the cancellation that stops the loop
+            self._wake.clear()
+            try:
+                await self.relay_once()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                self.relay_failures += 1
+                cap = self.events_settings.reconnect_max_seconds
+                delay = random.uniform(0, min(cap, _RELAY_BACKOFF_INITIAL_SECONDS * 2**failures))
+                log.warning(
+                    "outbox relay could not publish (%s: %s); retrying in %.2gs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra={"event": "outbox_relay_failed", "backlog": self.outbox_backlog},
+                )
+                await asyncio.sleep(delay)
+                continue
+            if time.monotonic() - last_prune > _SENT_RETENTION_SECONDS / 4:
+                last_prune = time.monotonic()
+                try:
+                    await self._prune()
+                except Exception:
+                    log.exception("outbox pruning failed")
+            # Not asyncio.wait_for: before Python 3.12 it can swallow the cancellation
+            # that stops the relay when the wake-up comes at the same moment.
+            with contextlib.suppress(TimeoutError):
+                async with _compat.timeout(self.events_settings.outbox_poll_interval_seconds):
+                    await self._wake.wait()
+
+
+DATABASE_KEY = web.AppKey("chassis.database", Database)
+"""The service's :class:`Database`: ``request.app[DATABASE_KEY]``."""
