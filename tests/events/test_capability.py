@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,28 @@ async def test_a_wildcard_subscription_gets_every_type_of_its_source(
         await broker.wait_idle(timeout=20)
     assert sorted(e.type for e in received) == ["order_created", "order_paid"]
     assert ledger.events.bindings == [("orders", "*")]
+
+
+async def test_a_handler_may_ask_for_more_attempts_or_to_be_retried_until_it_succeeds(
+    broker: InMemoryBroker,
+) -> None:
+    settle = make("settle", broker, max_attempts=2)
+    attempts: list[int] = []
+
+    @settle.events.subscribe("orders", "order_filled", max_attempts=math.inf)
+    async def must_settle(event: Event) -> None:
+        attempts.append(event.attempt)
+        if event.attempt < 6:  # three times the setting's limit
+            raise ConnectionError("ledger busy")
+
+    orders = make("orders", broker)
+    async with settle.running(port=0), orders.running(port=0):
+        await orders.events.publish("order_filled", {})
+        await broker.wait_idle(timeout=20)
+        assert broker.dead_letters("settle") == []
+    assert attempts == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="at least 1"):
+        settle.events.add_handler("orders", "x", must_settle, max_attempts=0)
 
 
 async def test_a_failing_handler_reruns_the_others_but_not_applied_idempotent_ones(

@@ -37,6 +37,7 @@ import asyncio
 import importlib.util
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -94,6 +95,9 @@ class Subscription:
     """Runs in a transaction that records the event id; a repeated event is skipped."""
     name: str
     """Identifies the handler in the inbox (its qualified name unless given)."""
+    max_attempts: float | None = None
+    """Deliveries before a failing event is dead-lettered; ``None``: the setting
+    ``events.max_attempts``; ``math.inf``: retried until it succeeds."""
 
     def matches(self, event: Event) -> bool:
         """Whether ``event`` is for this handler."""
@@ -178,8 +182,14 @@ class Events:
         *,
         idempotent: bool = False,
         name: str | None = None,
+        max_attempts: float | None = None,
     ) -> Subscription:
         """Subscribe ``handler`` to events ``type`` (``"*"``: every type) of ``source``.
+
+        ``max_attempts`` overrides the ``events.max_attempts`` setting for events this
+        handler takes: ``math.inf`` retries a step that must not be given up (a saga's
+        compensation, say) until it succeeds, with back-off capped at
+        ``events.retry_max_seconds``.
 
         Raises:
             TypeError: the handler is not an ``async def``.
@@ -195,7 +205,11 @@ class Events:
             raise LifecycleError("subscribe before the service starts")
         module = getattr(handler, "__module__", "?")
         qualified = f"{module}.{getattr(handler, '__qualname__', '?')}"
-        subscription = Subscription(source, type, handler, idempotent, name or qualified)
+        if max_attempts is not None and not max_attempts >= 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        subscription = Subscription(
+            source, type, handler, idempotent, name or qualified, max_attempts
+        )
         taken = {s.name for s in self.subscriptions if s.idempotent}
         if idempotent and subscription.name in taken:
             raise ValueError(
@@ -206,7 +220,13 @@ class Events:
         return subscription
 
     def subscribe(
-        self, source: str, type: str = "*", *, idempotent: bool = False, name: str | None = None
+        self,
+        source: str,
+        type: str = "*",
+        *,
+        idempotent: bool = False,
+        name: str | None = None,
+        max_attempts: float | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`add_handler`; returns the function unchanged.
 
@@ -219,7 +239,9 @@ class Events:
             check_name("type", type)
 
         def decorate(fn: F) -> F:
-            self.add_handler(source, type, fn, idempotent=idempotent, name=name)
+            self.add_handler(
+                source, type, fn, idempotent=idempotent, name=name, max_attempts=max_attempts
+            )
             return fn
 
         return decorate
@@ -418,12 +440,23 @@ class Events:
                 applied = True
         return applied or not matched
 
+    def _attempt_limit(self, event: Event) -> float:
+        """The most deliveries any handler of ``event`` asks for."""
+        default = self.settings.max_attempts
+        limits = [
+            default if s.max_attempts is None else s.max_attempts
+            for s in self.subscriptions
+            if s.matches(event)
+        ]
+        return max(limits, default=default)
+
     async def _failed(self, delivery: Delivery, event: Event, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         labels = (event.source, event.type)
         metrics = self.metrics
         extra = {"event_id": event.id, "event_type": event.type, "attempt": delivery.attempt}
-        if delivery.attempt >= self.settings.max_attempts:
+        limit = self._attempt_limit(event)
+        if delivery.attempt >= limit:
             log.error(
                 "dead-lettered event %s %s after %d attempt(s): %s",
                 event.type,
@@ -440,11 +473,11 @@ class Events:
             return
         delay = self._retry_delay(delivery.attempt)
         log.warning(
-            "handling event %s %s failed (attempt %d of %d): %s; retrying in %.3gs",
+            "handling event %s %s failed (attempt %d of %s): %s; retrying in %.3gs",
             event.type,
             event.id,
             delivery.attempt,
-            self.settings.max_attempts,
+            "unlimited" if math.isinf(limit) else int(limit),
             reason,
             delay,
             extra={"event": "event_retry", "reason": reason, **extra},
