@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sqlite3
-import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -330,59 +326,6 @@ async def test_publishing_needs_a_source(tmp_path: Path) -> None:
     async with Database(tmp_path / "x.db") as db, db.transaction() as tx:
         with pytest.raises(LifecycleError, match="source"):
             tx.publish("job_done", {})
-
-
-CRASHING_PUBLISHER = textwrap.dedent(
-    """
-    import asyncio, os, signal, sys
-    from chassis import ChassisSettings, Service
-
-    async def main() -> None:
-        service = Service("bank", settings=ChassisSettings(health={"drain_delay_seconds": 0}))
-        db = service.database(sys.argv[1], schema="CREATE TABLE IF NOT EXISTS accounts (id TEXT);")
-        async with service.running(port=0):
-            async with db.transaction() as tx:
-                await tx.execute("INSERT INTO accounts VALUES ('a')")
-                event = tx.publish("account_opened", {"account": "a"})
-            # Committed; the relay has not run yet (no await since the commit).
-            print(event.id, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    asyncio.run(main())
-    """
-)
-
-
-@pytest.mark.slow
-async def test_killing_the_publisher_between_commit_and_publish_loses_nothing(
-    tmp_path: Path, broker: InMemoryBroker
-) -> None:
-    path = tmp_path / "bank.db"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CRASHING_PUBLISHER,
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "CHASSIS_LOG__LEVEL": "WARNING"},
-    )
-    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == -signal.SIGKILL
-    event_id = stdout.decode().split()[0]
-
-    # The state change committed, and its event waits in the outbox.
-    async with Database(path) as db:
-        assert [e.id for e in await db.pending_events()] == [event_id]
-        assert await db.fetchone("SELECT id FROM accounts") is not None
-
-    audit = Service("audit", settings=quick_settings())
-    audit.events.broker = broker
-    received: list[Event] = []
-    audit.events.add_handler("bank", "account_opened", _collect(received))
-    restarted = service_with_db("bank", path, broker)
-    async with audit.running(port=0), restarted.running(port=0):
-        await restarted.events.drained(timeout=20)
-    assert [e.id for e in received] == [event_id]
 
 
 # -- the inbox -----------------------------------------------------------------------

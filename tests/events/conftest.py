@@ -62,6 +62,10 @@ class EventsEnv:
         self.attach(service)
         return service
 
+    def environ(self) -> dict[str, str]:
+        """``CHASSIS_EVENTS__*`` variables that put a subprocess on this back end."""
+        return {}
+
     async def dead_letters(self, service: Service) -> list[DeadLetter]:
         """The dead letters of ``service``'s queue (the service must be running)."""
         return await service.events.dead_letters()
@@ -95,6 +99,9 @@ class RabbitMQEnv(EventsEnv):
             "reconnect_max_seconds": 1.0,
         }
         return super().events_settings(**{**rabbitmq, **overrides})
+
+    def environ(self) -> dict[str, str]:
+        return {"CHASSIS_EVENTS__BACKEND": "rabbitmq", "CHASSIS_EVENTS__URL": self.server.url}
 
 
 def rabbitmq_env(request: pytest.FixtureRequest) -> Iterator[EventsEnv]:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
+import sys
+import textwrap
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -237,3 +242,63 @@ def _collect(into: list[Event]):  # type: ignore[no-untyped-def]
         into.append(event)
 
     return collect
+
+
+CRASHING_PUBLISHER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from chassis import ChassisSettings, Service
+
+    async def main() -> None:
+        settings = ChassisSettings(health={"drain_delay_seconds": 0})
+        service = Service(sys.argv[1], settings=settings)
+        db = service.database(sys.argv[2], schema="CREATE TABLE IF NOT EXISTS accounts (id TEXT);")
+        async with service.running(port=0):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO accounts VALUES ('a')")
+                event = tx.publish("account_opened", {"account": "a"})
+            # Committed; the relay has not run yet (no await since the commit).
+            print(event.id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+async def test_killing_the_publisher_between_commit_and_publish_loses_nothing(
+    events_env: EventsEnv, tmp_path: Path
+) -> None:
+    bank, audit_name = events_env.unique("bank"), events_env.unique("audit")
+    path = tmp_path / "bank.db"
+    audit = events_env.service(audit_name)
+    received: list[str] = []
+
+    @audit.events.subscribe(bank, "account_opened")
+    async def on_opened(event: Event) -> None:
+        received.append(event.id)
+
+    async with audit.running(port=0):  # its queue is bound before anything is published
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CRASHING_PUBLISHER,
+            bank,
+            str(path),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "CHASSIS_LOG__LEVEL": "WARNING", **events_env.environ()},
+        )
+        stdout, _ = await asyncio.wait_for(process.communicate(), 90)
+        assert process.returncode == -signal.SIGKILL
+        event_id = stdout.decode().split()[0]
+        await asyncio.sleep(0.3)
+        assert received == []  # the process died before its relay ran
+
+        restarted = events_env.service(bank)
+        restarted.database(path, schema="CREATE TABLE IF NOT EXISTS accounts (id TEXT);")
+        async with restarted.running(port=0):
+            await restarted.events.drained(timeout=30)
+            await eventually(lambda: received == [event_id], what="the event from the outbox")
+        await asyncio.sleep(0.2)  # room for a wrongful duplicate to show up
+    assert received == [event_id]
