@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
+from pythonjsonlogger.json import JsonEncoder
 
 from chassis import Service
 from chassis.config import LogSettings
@@ -46,6 +48,38 @@ def test_json_line_has_every_field(logs: LogCapture) -> None:
     assert record["module"] == "test_logging"
     assert record["order_id"] == "o-1"
     assert record["request_id"] == record["trace_id"] == record["span_id"] == ""
+
+
+class _Unusual:
+    def __str__(self) -> str:
+        return "unusual"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"event": "access", "status": 200, "duration_ms": 0.125, "client": "127.0.0.1"},
+        {"text": 'quote " backslash \\ newline \n tab \t nul \x00 é ☕ \u2028'},
+        {"yes": True, "no": False, "none": None, "big": 2**70, "neg": -3},
+        {"nan": float("nan"), "inf": float("-inf"), "tiny": 1e-300, "whole": 2.0},
+        {"nested": {"a": [1, "b", None]}, "tuple": (1, 2), "odd": _Unusual()},
+        {"level": "forged", "trace_id": "forged", "pid": "forged"},
+    ],
+)
+def test_direct_json_line_is_exactly_what_json_dumps_writes(extra: dict[str, Any]) -> None:
+    formatter = ChassisJsonFormatter(service="svc", version="1.0", environment="test")
+    logger = logging.getLogger("tests.direct")
+    with bind_log_context(LogContext("orders", "2.0", "prod", "rid-1")):
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 7, "%s é %d", ("x", 3), None, "fn", extra
+        )
+        direct = formatter.format(record)
+        dumped = json.dumps(
+            formatter.fields(record), ensure_ascii=False, default=JsonEncoder().default
+        )
+    assert direct == dumped
+    json.loads(direct.replace("NaN", "null").replace("-Infinity", "null"))
 
 
 def test_timestamp_is_utc_with_milliseconds() -> None:

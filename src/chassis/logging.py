@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -92,6 +93,27 @@ _RECORD_ATTRS = frozenset(
     | {"message", "asctime", "taskName"}
 )
 _INVALID_SPAN = otel_trace.INVALID_SPAN_CONTEXT
+# The fixed fields of a JSON line; an ``extra=`` of the same name does not replace them.
+_FIELD_NAMES = frozenset(
+    [
+        "timestamp",
+        "level",
+        "logger",
+        "message",
+        "service",
+        "version",
+        "environment",
+        "host",
+        "pid",
+        "module",
+        "function",
+        "line",
+        "request_id",
+        "trace_id",
+        "span_id",
+    ]
+)
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _trace_ids() -> tuple[str, str]:
@@ -143,6 +165,8 @@ class ChassisJsonFormatter(JsonFormatter):
         self._defaults = LogContext(service=service, version=version, environment=environment)
         self._host = socket.gethostname()
         self._pid = os.getpid()
+        self._quoted_host = _quote(self._host)
+        self._pid_text = str(self._pid)
         self._encoder = JsonEncoder()
         # One encoder for every line: json.dumps() with options builds a new one per call.
         self._encode = json.JSONEncoder(ensure_ascii=False, default=self._encoder.default).encode
@@ -155,7 +179,70 @@ class ChassisJsonFormatter(JsonFormatter):
         """
         if isinstance(record.msg, dict):
             return super().format(record)
-        return self._encode(self.fields(record))
+        if record.exc_info or record.exc_text or record.stack_info:
+            return self._encode(self.fields(record))
+        return self._line(record)
+
+    def _line(self, record: logging.LogRecord) -> str:
+        """:meth:`fields` as JSON, written directly: what ``json.dumps`` would write
+        (same keys, order and separators), without building the dict first."""
+        ctx = _log_context.get()
+        defaults = self._defaults
+        trace_id, span_id = _trace_ids()
+        q = _quote
+        value = self._value
+        parts = [
+            '{"timestamp": "',
+            _utc_timestamp(record.created),
+            '", "level": ',
+            q(record.levelname),
+            ', "logger": ',
+            q(record.name),
+            ', "message": ',
+            q(record.getMessage()),
+            ', "service": ',
+            q(ctx.service or defaults.service),
+            ', "version": ',
+            q(ctx.version or defaults.version),
+            ', "environment": ',
+            q(ctx.environment or defaults.environment),
+            ', "host": ',
+            self._quoted_host,
+            ', "pid": ',
+            self._pid_text,
+            ', "module": ',
+            value(record.module),
+            ', "function": ',
+            value(record.funcName),
+            ', "line": ',
+            str(record.lineno),
+            ', "request_id": ',
+            q(ctx.request_id),
+            ', "trace_id": "',
+            trace_id,
+            '", "span_id": "',
+            span_id,
+            '"',
+        ]
+        for key, item in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in _FIELD_NAMES:
+                parts += (", ", q(key), ": ", value(item))
+        parts.append("}")
+        return "".join(parts)
+
+    def _value(self, item: Any) -> str:
+        kind = type(item)
+        if kind is str:
+            return _quote(item)
+        if kind is int:
+            return int.__repr__(item)
+        if item is None:
+            return "null"
+        if kind is bool:
+            return "true" if item else "false"
+        if kind is float and math.isfinite(item):
+            return float.__repr__(item)
+        return self._encode(item)
 
     def add_fields(
         self,

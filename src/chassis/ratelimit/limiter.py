@@ -54,12 +54,6 @@ class _Policy:
     priority: Priority | None
     redis: RedisLimiter | None = None
 
-    async def decide(self, request: web.Request) -> Decision | None:
-        """Shared (Redis) decision, or ``None`` when this policy limits locally."""
-        if self.redis is None:
-            return None
-        return await self.redis.decide(self.key(request))
-
 
 class _Stats:
     """The limiter's metrics, kept as plain numbers and exported by a custom collector."""
@@ -389,8 +383,9 @@ class RateLimiter:
                 for p in (policy, service):
                     if p is None or (local := p.local) is None:
                         continue
-                    decision = await p.decide(request)
-                    if decision is None:
+                    if p.redis is not None:
+                        decision = await p.redis.decide(p.key(request))
+                    else:
                         # The in-memory path: one number, a Decision only for the headers.
                         balance = local.take(p.key(request))
                         if balance < 0.0 or shown is None or balance < shown.remaining:
