@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -17,6 +17,9 @@ from simplebank.testing import check_invariants
 
 from chassis import ChassisSettings
 from chassis.events import InMemoryBroker
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 PRICES = {"VTI": 25000, "BND": 7300}
 
@@ -121,20 +124,38 @@ class Client:
 
 
 @pytest.fixture
+def span_exporter() -> SpanExporter | None:
+    """Where the bank's services export spans; a module overriding it turns tracing on."""
+    return None
+
+
+@pytest.fixture
 async def bank(
-    request: pytest.FixtureRequest, tmp_path: Path, exchange: Exchange
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    exchange: Exchange,
+    span_exporter: SpanExporter | None,
 ) -> AsyncIterator[Bank]:
-    """accounts, orders, market and fees on loopback; the invariants hold after the test.
+    """Every service on loopback; the invariants hold after the test.
 
     Tests marked ``one_service`` drive one service's commands outside a saga, so the
-    books of the other services are not expected to agree with it.
+    books of the other services are not expected to agree with it. With a
+    ``span_exporter``, every service traces every request (sampler ``always_on``) and
+    writes access-log lines.
     """
+    traced: dict[str, Any] = {}
+    if span_exporter is not None:
+        traced = {
+            "tracing": {"enabled": True, "sampler": "always_on"},
+            "log": {"access_log": True},
+        }
     async with run_services(
         tmp_path,
         urls={"exchange": exchange.url},
-        settings=bank_settings(),
+        settings=bank_settings(**traced),
         options={"market": {"reconcile_interval_seconds": 0.1}},
         broker=InMemoryBroker(),
+        span_exporter=span_exporter,
     ) as bank:
         yield bank
         await bank.settle(timeout=30)

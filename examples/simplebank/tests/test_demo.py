@@ -43,6 +43,13 @@ def test_the_demo_runs_the_scenario_through_the_gateway_and_exits_0(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.glob("*.db"))[:2] == ["accounts.db", "customers.db"]
 
 
+def test_the_demo_runs_again_on_the_files_it_kept(tmp_path: Path) -> None:
+    for _ in range(2):
+        done = run("demo", "--once", "--port", "0", "--data-dir", str(tmp_path))
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "exists already (a kept --data-dir)" in done.stdout
+
+
 def test_the_demo_refuses_a_bad_port() -> None:
     done = run("demo", "--once", "--port", "70000", timeout=30)
     assert done.returncode == 2 and "--port" in done.stderr

@@ -195,8 +195,10 @@ async def test_portfolio_version_increases_and_values_holdings_at_market_prices(
     funded = await anna.portfolio_newer_than(0)
     assert funded["cash_cents"] == 1_000_000
     await anna.order("buy", "BND", 10)  # 73 000 + fee 100
+    # Events of accounts and orders may be applied in any order: wait for both.
     after = await anna.poll(
-        "/portfolio", lambda p: p["version"] > funded["version"] and p["pending_orders"] == 0
+        "/portfolio",
+        lambda p: p["version"] > funded["version"] and p["pending_orders"] == 0 and p["positions"],
     )
     [position] = after["positions"]
     assert position == {

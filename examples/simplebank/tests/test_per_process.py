@@ -88,7 +88,7 @@ async def processes(tmp_path: Path, consul: str, amqp: str) -> AsyncIterator[dic
         for name, process in running.items():
             try:
                 await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # Python 3.10: not the built-in
                 process.kill()
                 await process.wait()
             logs[name].close()

@@ -185,7 +185,12 @@ class Saga:
         order_id, version = event.data.get("order_id"), event.data.get("version")
         row = await self.db.fetchone("SELECT * FROM orders WHERE order_id = ?", (order_id,))
         if row is None or row["version"] != version:
-            log.debug("stale or duplicate %s for %s ignored", event.type, order_id)
+            log.debug(
+                "stale or duplicate %s for %s ignored",
+                event.type,
+                order_id,
+                extra={"order_id": order_id},
+            )
             return
         await self.advance(row)
 
@@ -415,6 +420,12 @@ class Saga:
                 },
                 key=row["order_id"],
             )
+        log.info(
+            "order %s is %s",
+            row["order_id"],
+            state,
+            extra={"order_id": row["order_id"], "state": state},
+        )
         return True
 
 
@@ -538,6 +549,14 @@ def create(
             )
             row = await tx.fetchone("SELECT * FROM orders WHERE order_id = ?", (oid,))
         assert row is not None
+        log.info(
+            "order %s is PENDING: %s %d %s",
+            oid,
+            body.side,
+            body.quantity,
+            body.symbol,
+            extra={"order_id": oid, "state": "PENDING", "side": body.side, "symbol": body.symbol},
+        )
         return web.json_response(
             order_json(row), status=202, headers={"Location": f"/orders/{oid}"}
         )

@@ -20,7 +20,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -28,6 +28,9 @@ from chassis import ChassisSettings, Service
 from chassis.events import InMemoryBroker
 
 from .common import BankSettings, bank_settings_from
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["SERVICES", "Bank", "build", "free_ports", "run_services"]
 
@@ -43,7 +46,7 @@ SERVICES: dict[str, str] = {
     "notifications": "simplebank.notifications:create",
     "gateway": "simplebank.gateway:create",
 }
-"""Service name -> ``module:factory``. The services of the other modules register here too."""
+"""Service name -> ``module:factory`` of every SimpleBank service (started in this order)."""
 
 
 def _factory(name: str) -> Callable[..., Service]:
@@ -153,12 +156,15 @@ async def run_services(
     host: str = "127.0.0.1",
     broker: InMemoryBroker | None = None,
     ports: Mapping[str, int] | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> AsyncIterator[Bank]:
     """Serve the services ``names`` on free loopback ports for the ``async with`` block.
 
     ``urls`` adds upstreams that are not SimpleBank services (the ``exchange``);
     ``broker`` is the in-memory broker they share (the process' default if none);
-    ``ports`` pins the port of some services (``{"gateway": 8080}``).
+    ``ports`` pins the port of some services (``{"gateway": 8080}``);
+    ``span_exporter`` receives the spans of every service (an in-memory exporter in
+    tests; tracing itself is on or off as ``settings`` say).
     """
     chosen = list(names if names is not None else SERVICES)
     fixed = dict(ports or {})
@@ -170,6 +176,9 @@ async def run_services(
     if broker is not None:
         for service in services:
             service.events.broker = broker
+    if span_exporter is not None:
+        for service in services:
+            service.tracing.exporter = span_exporter
     bank = Bank(urls=all_urls, services={s.name: s for s in services})
     async with contextlib.AsyncExitStack() as stack:
         for service in services:
