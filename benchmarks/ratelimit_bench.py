@@ -40,6 +40,17 @@ from chassis.ratelimit import (
 )
 
 KEYS = 10_000
+DECISIONS = frozenset(
+    {
+        "TokenBucket.try_acquire",
+        "KeyedLimiter.try_acquire, 1 key",
+        f"KeyedLimiter.try_acquire, {KEYS} keys",
+        f"KeyedLimiter.take, {KEYS} keys",
+    }
+)
+"""The admission decisions ``--budget-ns`` holds to its budget. ``decide`` also builds
+the numbers of the answer headers, and the new-key case evicts on every call (a key
+flood); both are reported, not budgeted."""
 CPU_CLOCK = time.process_time
 
 
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-ns",
         type=float,
         default=None,
-        help="exit 1 if a KeyedLimiter or TokenBucket decision costs more than this",
+        help="exit 1 if an admission decision (see DECISIONS) costs more than this",
     )
     args = parser.parse_args(argv)
     print(f"Python {platform.python_version()} on {platform.machine()}, {platform.system()}")
@@ -102,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'(an empty lambda call, included above)':<45} {baseline:8.0f} ns")
     if args.budget_ns is not None:
         over = {
-            name: ns
-            for name, ns in results.items()
-            if name.startswith(("TokenBucket", "KeyedLimiter")) and ns > args.budget_ns
+            name: ns for name, ns in results.items() if name in DECISIONS and ns > args.budget_ns
         }
         if over:
             print(f"\nover the {args.budget_ns:g} ns budget: {', '.join(over)}", file=sys.stderr)
