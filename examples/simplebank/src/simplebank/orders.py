@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -435,8 +436,10 @@ def create(
     """The orders service."""
     service, db = make_service("orders", schema=SCHEMA, settings=settings, database=database)
     saga = Saga(service, db)
+    # The saga's own events are never dead-lettered: every order must reach FILLED or
+    # FAILED, so a step that cannot run yet (a service down) is retried until it can.
     for event_type in (*_STEP_EVENTS, "order_compensating"):
-        service.events.subscribe("orders", event_type)(saga.on_event)
+        service.events.subscribe("orders", event_type, max_attempts=math.inf)(saga.on_event)
 
     async def owned(request: web.Request) -> sqlite3.Row:
         customer = customer_id(request)
