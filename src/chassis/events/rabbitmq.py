@@ -35,7 +35,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq.exceptions
@@ -405,13 +405,26 @@ class RabbitMQBackend:
 
     async def _connect(self, *, quiet: bool) -> _Session | None:
         """A new session with the topology declared; none (logged) when that failed."""
+        made: list[aio_pika.Connection] = []
+
+        def make(*args: Any, **kwargs: Any) -> aio_pika.Connection:
+            made.append(aio_pika.Connection(*args, **kwargs))
+            return made[-1]
+
         try:
             connection = await aio_pika.connect(
-                self._url, timeout=self._settings.publish_timeout_seconds
+                self._url,
+                timeout=self._settings.publish_timeout_seconds,
+                connection_class=cast("type[aio_pika.Connection]", make),
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            # Close the half-made connection here, on the loop: left to the garbage
+            # collector, aio-pika's __del__ schedules its close() outside a running loop,
+            # and that coroutine is never awaited.
+            for failed in made:
+                await self._close_connection(failed)
+            if isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception):
+                raise
             log.log(
                 logging.DEBUG if quiet else logging.WARNING,
                 "cannot connect to RabbitMQ at %s: %s",

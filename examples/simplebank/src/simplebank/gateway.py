@@ -27,6 +27,7 @@ from chassis import ChassisSettings, ProblemError, Service, read_json
 from chassis.client import Fallback, Response, ServiceClient
 from chassis.exceptions import UpstreamError
 
+from . import graphql_api, openapi
 from .auth import TokenError, secret_of, verify_token
 from .common import (
     CUSTOMER_HEADER,
@@ -37,6 +38,7 @@ from .common import (
     business_counter,
     problem,
 )
+from .webclient import add_web_client
 
 __all__ = ["ROUTES", "create"]
 
@@ -125,6 +127,7 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
     # The book's market-data calls: 5 s timeout, 3 attempts, last good answer for 300 s.
     market_data = service.client("market-data", timeout_seconds=5.0, max_attempts=3)
     cached = Fallback(cache_ttl_seconds=300.0)
+    page = add_web_client(service)  # the browser client: GET / (HTML) and /web/*
     auth_failures = business_counter(
         service,
         "simplebank_gateway_auth_failures_total",
@@ -190,6 +193,8 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
     # -- index, customers --------------------------------------------------------------
     @service.get("/")
     async def index(request: web.Request) -> web.Response:
+        if page.wanted(request):
+            return page.response()
         return web.json_response(
             {
                 "service": "SimpleBank gateway",
@@ -424,5 +429,18 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
             params=query(request),
         )
         return _relay(answer)
+
+    # -- GraphQL (graphql_api.py) and the OpenAPI document (openapi.py) ------------------
+    upstreams = graphql_api.Gateway(
+        identity=identity,
+        customers=customers,
+        orders=orders,
+        holdings=holdings,
+        market_data=market_data,
+        cached=cached,
+        orders_placed=orders_placed,
+    )
+    graphql_api.install(service, upstreams)
+    openapi.install(service)
 
     return service
