@@ -141,6 +141,29 @@ async def test_malformed_json_body_is_400_problem(client: Any) -> None:
         assert body["title"] == "Malformed JSON"
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"symbol": "\x90VTI"}', "application/json"),  # not UTF-8
+        (b'{"symbol": "VTI"}', "application/json; charset=no-such-charset"),
+        (b'{"quantity": ' + b"7" * 5000 + b"}", "application/json"),  # int too long
+        (b"[" * 50_000 + b"]" * 50_000, "application/json"),  # nested too deep
+    ],
+    ids=["not-utf8", "unknown-charset", "huge-integer", "deep-nesting"],
+)
+async def test_undecodable_json_body_is_400_problem_not_500(
+    aiohttp_client: AiohttpClient,
+    make_service: Callable[..., Service],
+    body: bytes,
+    content_type: str,
+) -> None:
+    service = _service(make_service, http={"max_body_bytes": 200_000})
+    client = await aiohttp_client(service.app)
+    resp = await client.post("/orders", data=body, headers={"Content-Type": content_type})
+    problem = await _problem(resp, 400)
+    assert problem["title"] == "Malformed JSON"
+
+
 async def test_invalid_json_content_is_422_problem_listing_fields(client: Any) -> None:
     resp = await client.post("/orders", json={"symbol": "", "quantity": -1})
     body = await _problem(resp, 422)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 from pythonjsonlogger.json import JsonEncoder
 
+import chassis.http as chassis_http
 from chassis import Service
 from chassis.config import LogSettings
 from chassis.logging import (
@@ -24,6 +26,7 @@ from chassis.logging import (
     LogContext,
     bind_log_context,
     configure_logging,
+    log_direct,
 )
 
 from .conftest import LogCapture
@@ -329,3 +332,154 @@ def test_repeated_library_warnings_are_throttled(logs: LogCapture) -> None:
         app.warning("same thing")  # our own lines are never throttled
     assert len(logs.find(message="Queue full, dropping Span.")) == 1
     assert len(logs.find(message="same thing")) == 3
+
+
+@pytest.fixture
+def only_background_json() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """The chassis' background JSON handler, installed; see :func:`alone`."""
+    root = logging.getLogger()
+    saved_level = root.level
+    stream = io.StringIO()
+    ours = configure_logging(
+        LogSettings(level="DEBUG", background_writes=True), service="shop", stream=stream
+    )
+    try:
+        yield stream, ours
+    finally:
+        root.removeHandler(ours)
+        ours.close()
+        root.setLevel(saved_level)
+
+
+@contextlib.contextmanager
+def alone(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` as the root's only handler, as in a deployed service: pytest's
+    capture handlers (added around each test phase) are set aside meanwhile."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if h is not handler]
+    for other in others:
+        root.removeHandler(other)
+    try:
+        yield
+    finally:
+        for other in others:
+            root.addHandler(other)
+
+
+ACCESS_EXTRA = {"method": "GET", "route": "/x/{id}", "status": 200, "duration_ms": 0.25,
+                "bytes": 17, "client": "127.0.0.1\n{\"forged\": 1}"}  # fmt: skip
+
+
+def _through_logging(logger: logging.Logger, level: int) -> None:
+    record = logger.makeRecord(
+        logger.name, level, chassis_http.__file__, 0, "%s %s %d", ("GET", "/x/{id}", 200),
+        None, "access", dict(ACCESS_EXTRA),
+    )  # fmt: skip
+    logger.handle(record)
+
+
+def test_direct_access_line_is_the_line_the_logging_path_writes(
+    only_background_json: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = only_background_json
+    logger = logging.getLogger("chassis.access")
+    with alone(handler), bind_log_context(LogContext("shop", "1.2", "test", "req-1")):
+        assert log_direct(
+            logger, logging.INFO, "GET /x/{id} 200", module="http", function="access",
+            extra=ACCESS_EXTRA.items(),
+        )  # fmt: skip
+        _through_logging(logger, logging.INFO)
+    handler.flush()
+    direct, logged = stream.getvalue().splitlines()
+    # Same keys in the same order and the same values, bar the clock.
+    direct_fields, logged_fields = json.loads(direct), json.loads(logged)
+    assert TIMESTAMP.fullmatch(direct_fields.pop("timestamp"))
+    logged_fields.pop("timestamp")
+    assert list(direct_fields.items()) == list(logged_fields.items())
+    assert direct_fields["request_id"] == "req-1" and direct_fields["client"].endswith("1}")
+    assert direct[direct.index('"level"') :] == logged[logged.index('"level"') :]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["root handler", "logger handler", "logger filter", "root filter", "no propagation",
+     "formatter subclass", "handler level", "console format"],
+)  # fmt: skip
+def test_direct_access_line_steps_aside_when_logging_is_configured_otherwise(
+    only_background_json: tuple[io.StringIO, logging.Handler], change: str
+) -> None:
+    stream, handler = only_background_json
+    root, logger = logging.getLogger(), logging.getLogger("chassis.access")
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    refuse = logging.Filter("nothing-matches")
+    with alone(handler):
+        undo: Callable[[], None]
+        if change == "root handler":
+            root.addHandler(other)
+            undo = lambda: root.removeHandler(other)  # noqa: E731
+        elif change == "logger handler":
+            logger.addHandler(other)
+            undo = lambda: logger.removeHandler(other)  # noqa: E731
+        elif change == "logger filter":
+            logger.addFilter(refuse)
+            undo = lambda: logger.removeFilter(refuse)  # noqa: E731
+        elif change == "root filter":
+            root.addFilter(refuse)
+            undo = lambda: root.removeFilter(refuse)  # noqa: E731
+        elif change == "no propagation":
+            logger.propagate = False
+            undo = lambda: setattr(logger, "propagate", True)  # noqa: E731
+        elif change == "formatter subclass":
+            saved = handler.formatter
+            handler.setFormatter(type("Custom", (ChassisJsonFormatter,), {})())
+            undo = lambda: handler.setFormatter(saved)  # noqa: E731
+        elif change == "handler level":
+            handler.setLevel(logging.WARNING)
+            undo = lambda: handler.setLevel(logging.NOTSET)  # noqa: E731
+        else:
+            saved = handler.formatter
+            handler.setFormatter(ConsoleFormatter())
+            undo = lambda: handler.setFormatter(saved)  # noqa: E731
+        try:
+            written = log_direct(
+                logger, logging.INFO, "GET / 200", module="http", function="access", extra=()
+            )
+        finally:
+            undo()
+    assert written is False
+    handler.flush()
+    assert stream.getvalue() == "" and seen == []
+
+
+async def test_access_log_of_a_deployed_service_is_written_directly(
+    only_background_json: tuple[io.StringIO, logging.Handler],
+    make_service: Callable[..., Service],
+    aiohttp_client: AiohttpClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream, handler = only_background_json
+    service = _service(make_service)
+    built: list[logging.LogRecord] = []
+    make_record = logging.Logger.makeRecord
+
+    def spy(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(self, *args, **kwargs)
+        if self.name == "chassis.access":
+            built.append(record)
+        return record
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
+    client = await aiohttp_client(service.app)
+    with alone(handler):
+        response = await client.get("/items/7", headers={"X-Request-Id": "abc-123"})
+    assert response.status == 200
+    handler.flush()
+    [access] = [json.loads(line) for line in stream.getvalue().splitlines()
+                if json.loads(line)["logger"] == "chassis.access"]  # fmt: skip
+    assert built == []  # no LogRecord on the hot path
+    assert access["message"] == "GET /items/{item_id} 200"
+    assert access["request_id"] == "abc-123" and access["service"] == "shop"
+    assert access["module"] == "http" and access["function"] == "access" and access["line"] == 0
+    assert access["status"] == 200 and access["route"] == "/items/{item_id}"

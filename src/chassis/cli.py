@@ -4,6 +4,7 @@
 
     chassis run TARGET [--host HOST] [--port PORT]
     chassis new NAME [--output-dir DIR] [--no-input] [--option KEY=VALUE ...] [--force]
+    chassis status URL [--token TOKEN] [--watch [--interval S] [--count N]] [--json] [--settings]
     chassis --version
 
 ``TARGET`` names a :class:`~chassis.Service` (or a function returning one) as
@@ -17,6 +18,11 @@ Exit codes: 0 after a clean drain (or a generated project); 2 for a usage error,
 target that cannot be loaded, invalid configuration, or a project that ``chassis new``
 refuses to generate (one message on stderr, no traceback); 1 when the service fails
 while running, or the generation fails.
+
+``chassis status`` prints a running service's live state (its ``/_chassis``
+endpoint, see :mod:`chassis.introspection`) as tables; the token comes from
+``--token`` or ``CHASSIS_STATUS_TOKEN``. Its exit codes: 0 shown, 1 unreachable (or
+not a chassis service), 2 usage error, 3 unauthorized.
 """
 
 from __future__ import annotations
@@ -268,7 +274,82 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--force", action="store_true", help="write into an existing project directory"
     )
+    status = sub.add_parser(
+        "status", help="show a running service's live state (its /_chassis endpoint)"
+    )
+    status.add_argument(
+        "url", metavar="URL", help="base URL of the service, e.g. http://127.0.0.1:8080"
+    )
+    status.add_argument(
+        "--token", help="introspection bearer token (default: env CHASSIS_STATUS_TOKEN)"
+    )
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes"
+    )
+    status.add_argument(
+        "--count", type=int, metavar="N", help="with --watch: stop after N refreshes"
+    )
+    status.add_argument("--json", action="store_true", help="print the JSON state as it is")
+    status.add_argument(
+        "--settings", action="store_true", help="also list the settings (secrets redacted)"
+    )
+    status.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for an answer"
+    )
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    import os
+
+    from . import _status
+
+    if args.interval <= 0 or args.timeout <= 0:
+        return _fail("--interval and --timeout must be positive")
+    if args.count is not None and args.count < 1:
+        return _fail("--count must be at least 1")
+    if args.count is not None and not args.watch:
+        return _fail("--count needs --watch")
+    try:
+        _status.endpoint_of(args.url)
+    except ValueError as exc:
+        return _fail(str(exc))
+    token = args.token or os.environ.get("CHASSIS_STATUS_TOKEN") or None
+    outcome = [0]
+
+    def poll() -> str:
+        try:
+            data = _status.fetch(args.url, token=token, timeout_seconds=args.timeout)
+        except _status.Unauthorized:
+            raise
+        except _status.StatusError as exc:
+            outcome[0] = 1
+            if not args.watch:
+                raise
+            return f"chassis: {exc}"
+        outcome[0] = 0
+        if args.json:
+            return json.dumps(data, indent=2, ensure_ascii=False)
+        return _status.render(data, settings=args.settings)
+
+    try:
+        _status.watch(
+            poll,
+            sys.stdout,
+            interval_seconds=args.interval,
+            count=args.count if args.watch else 1,
+            clear=args.watch and sys.stdout.isatty(),
+        )
+    except _status.Unauthorized as exc:
+        print(f"chassis: {exc}", file=sys.stderr)
+        return 3
+    except _status.StatusError as exc:
+        print(f"chassis: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return outcome[0]
+    return outcome[0]
 
 
 def _fail(message: str) -> int:
@@ -282,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "new":
         return _new(args)
+    if args.command == "status":
+        return _status(args)
     if args.command != "run":
         parser.print_help(sys.stderr)
         return 2

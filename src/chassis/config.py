@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_origin
 
@@ -45,6 +46,7 @@ __all__ = [
     "EventsSettings",
     "HealthSettings",
     "HttpSettings",
+    "IntrospectionSettings",
     "LogSettings",
     "MetricsSettings",
     "RateLimitSettings",
@@ -56,6 +58,7 @@ __all__ = [
 
 ENV_PREFIX = "CHASSIS_"
 ENV_NESTED_DELIMITER = "__"
+_PREFIX_OK = re.compile(r"/_[A-Za-z0-9_.~-]{1,62}").fullmatch
 
 SettingsT = TypeVar("SettingsT", bound="ChassisSettings")
 
@@ -465,6 +468,27 @@ class RateLimitSettings(_Section):
         return routes
 
 
+class IntrospectionSettings(_Section):
+    """``CHASSIS_INTROSPECTION__*``: the live state at ``/_chassis``."""
+
+    enabled: bool | None = None
+    """Serve the endpoint. Unset: on in the ``development`` environment, or wherever a
+    token is set; ``false`` turns it off everywhere. Outside ``development`` it is
+    never served without a token."""
+    token: SecretStr | None = None
+    """Bearer token the endpoint then requires (``Authorization: Bearer <token>``)."""
+    prefix: str = "/_chassis"
+    """Path of the JSON endpoint; the status page is ``<prefix>/ui``. One segment
+    starting with an underscore."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _PREFIX_OK(value):
+            raise ValueError("must be one path segment starting with '/_', e.g. /_chassis")
+        return value
+
+
 class ChassisSettings(BaseSettings):
     """Every setting of a chassis service. Subclass it to add your own."""
 
@@ -489,6 +513,7 @@ class ChassisSettings(BaseSettings):
     ratelimit: RateLimitSettings = RateLimitSettings()
     events: EventsSettings = EventsSettings()
     database: DatabaseSettings = DatabaseSettings()
+    introspection: IntrospectionSettings = IntrospectionSettings()
 
 
 def env_var_name(loc: tuple[int | str, ...], prefix: str = ENV_PREFIX) -> str:

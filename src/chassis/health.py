@@ -131,6 +131,8 @@ class Health:
         self.started = False
         self.draining = False
         self.lag = LoopLagMonitor(self.settings.lag_probe_interval_seconds)
+        self.last_results: dict[str, dict[str, Any]] = {}
+        """Each check's latest result, with ``at`` (a ``time.time()`` timestamp)."""
 
     # -- registration -------------------------------------------------------------
     def add_check(
@@ -189,12 +191,14 @@ class Health:
             error = f"timed out after {timeout:g}s"
         except Exception as exc:  # a failing check must not fail the probe endpoint
             error = f"{type(exc).__name__}: {exc}"
-        return {
+        result = {
             "status": "pass" if error is None else "fail",
             "critical": check.critical,
             "duration_ms": round((time.perf_counter() - start) * 1000, 3),
             "error": error,
         }
+        self.last_results[check.name] = {**result, "at": time.time()}
+        return result
 
     async def evaluate(self, probe: Probe) -> HealthReport:
         """Run every check registered for ``probe`` and combine their results."""
@@ -259,6 +263,29 @@ class Health:
         probe: Probe = request.match_info["probe"]  # type: ignore[assignment]
         report = await self.report(probe)
         return web.json_response(report.as_dict(), status=report.http_status, headers=_JSON_HEADERS)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the probes know now, without running a check: flags, the loop lag, and
+        every check with its latest result (``None`` until it has run)."""
+        lag = self.lag
+        return {
+            "started": self.started,
+            "draining": self.draining,
+            "event_loop": {
+                "lag_seconds": round(lag.current_lag_seconds(), 6),
+                "max_lag_seconds": round(lag.max_lag_seconds, 6),
+                "interval_seconds": lag.interval_seconds,
+                "max_allowed_seconds": self.settings.max_event_loop_lag_seconds,
+            },
+            "checks": {
+                name: {
+                    "critical": check.critical,
+                    "probes": sorted(check.probes),
+                    "last": self.last_results.get(name),
+                }
+                for name, check in self.checks.items()
+            },
+        }
 
     # -- wiring -------------------------------------------------------------------
     def configure(self, settings: ChassisSettings) -> None:

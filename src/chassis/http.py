@@ -43,7 +43,7 @@ from .exceptions import (
     UpstreamError,
     UpstreamStatusError,
 )
-from .logging import LogContext, _log_context
+from .logging import LogContext, _log_context, log_direct
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -64,6 +64,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 access_logger = logging.getLogger("chassis.access")
+_MODULE = __name__.rpartition(".")[2]  # a LogRecord's ``module`` for this file
 error_logger = logging.getLogger("chassis.errors")
 
 _REASONS = {
@@ -211,17 +212,26 @@ async def read_json(request: web.Request, model: type[BaseModel] | None = None) 
     """Parse the request body as JSON, and validate it against ``model`` if given.
 
     Raises:
-        BadRequest: the body is not valid JSON (400).
+        BadRequest: the body is not valid JSON (400): malformed, not UTF-8, nested too
+            deeply, or with an integer too long to convert.
         RequestValidationError: the JSON does not fit ``model`` (422); its
             ``errors`` extension lists each invalid field.
     """
-    text = await request.text()
+    raw = await request.read()
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode(request.charset or "utf-8"))
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             title="Malformed JSON",
+        ) from exc
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise BadRequest(
+            f"request body is not text in its charset: {exc}", title="Malformed JSON"
+        ) from exc
+    except (ValueError, RecursionError) as exc:  # an over-long integer, too deep nesting
+        raise BadRequest(
+            f"request body is not acceptable JSON: {type(exc).__name__}", title="Malformed JSON"
         ) from exc
     if model is None:
         return data
@@ -378,6 +388,23 @@ class RequestPipeline:
         size = response.body_length if response.prepared else (response.content_length or 0)
         route = route_template(request)
         method = request.method
+        extra = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+            "bytes": size,
+            "client": request.remote or "",
+        }
+        if log_direct(
+            access_logger,
+            level,
+            f"{method} {route} {status}",
+            module=_MODULE,
+            function="access",
+            extra=extra.items(),
+        ):
+            return
         # makeRecord + handle is Logger.log without its stack walk (findCaller), the
         # dearest part of a log call; filters, handlers and propagation still apply.
         record = access_logger.makeRecord(
@@ -389,13 +416,6 @@ class RequestPipeline:
             (method, route, status),
             None,
             "access",
-            {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration_ms, 3),
-                "bytes": size,
-                "client": request.remote or "",
-            },
+            extra,
         )
         access_logger.handle(record)

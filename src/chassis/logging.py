@@ -31,9 +31,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from opentelemetry import trace as otel_trace
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
@@ -186,6 +186,37 @@ class ChassisJsonFormatter(JsonFormatter):
     def _line(self, record: logging.LogRecord) -> str:
         """:meth:`fields` as JSON, written directly: what ``json.dumps`` would write
         (same keys, order and separators), without building the dict first."""
+        return self.compose(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            record.module,
+            record.funcName,
+            record.lineno,
+            [
+                (key, item)
+                for key, item in record.__dict__.items()
+                if key not in _RECORD_ATTRS and key not in _FIELD_NAMES
+            ],
+        )
+
+    def compose(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        module: str | None,
+        function: str | None,
+        line: int,
+        extras: Iterable[tuple[str, Any]],
+    ) -> str:
+        """One JSON line from its parts, in the current context (request, trace).
+
+        The line :meth:`format` writes for a record with these attributes and
+        ``extra=dict(extras)``; ``extras`` must not repeat a fixed field's name.
+        """
         ctx = _log_context.get()
         defaults = self._defaults
         trace_id, span_id = _trace_ids()
@@ -193,13 +224,13 @@ class ChassisJsonFormatter(JsonFormatter):
         value = self._value
         parts = [
             '{"timestamp": "',
-            _utc_timestamp(record.created),
+            _utc_timestamp(created),
             '", "level": ',
-            q(record.levelname),
+            q(level),
             ', "logger": ',
-            q(record.name),
+            q(logger),
             ', "message": ',
-            q(record.getMessage()),
+            q(message),
             ', "service": ',
             q(ctx.service or defaults.service),
             ', "version": ',
@@ -211,11 +242,11 @@ class ChassisJsonFormatter(JsonFormatter):
             ', "pid": ',
             self._pid_text,
             ', "module": ',
-            value(record.module),
+            value(module),
             ', "function": ',
-            value(record.funcName),
+            value(function),
             ', "line": ',
-            str(record.lineno),
+            str(line),
             ', "request_id": ',
             q(ctx.request_id),
             ', "trace_id": "',
@@ -224,9 +255,8 @@ class ChassisJsonFormatter(JsonFormatter):
             span_id,
             '"',
         ]
-        for key, item in record.__dict__.items():
-            if key not in _RECORD_ATTRS and key not in _FIELD_NAMES:
-                parts += (", ", q(key), ": ", value(item))
+        for key, item in extras:
+            parts += (", ", q(key), ": ", value(item))
         parts.append("}")
         return "".join(parts)
 
@@ -381,6 +411,69 @@ class _BackgroundStreamHandler(logging.Handler):
 
 class _SyncStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     pass
+
+
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level)
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
+
+
+def _sole_json_writer(logger: logging.Logger, level: int) -> _BackgroundStreamHandler | None:
+    """The chassis' background JSON handler, when a record of ``logger`` at ``level``
+    would reach it and nothing else: no filters or handlers on the way up, the root's
+    only handler, whose filters let the record through."""
+    current = logger
+    while current.propagate and current.parent is not None:
+        if current.filters or current.handlers:
+            return None
+        current = current.parent
+    if current.parent is not None or current.filters or len(current.handlers) != 1:
+        return None  # the record stops short of the root, or the root has company
+    handler = current.handlers[0]
+    if type(handler) is not _BackgroundStreamHandler or level < handler.level:
+        return None
+    if type(handler.formatter) is not ChassisJsonFormatter:
+        return None
+    for found in handler.filters:
+        if type(found) is not _RepeatFilter or logger.name.startswith(found.prefixes):
+            return None
+    return handler
+
+
+def log_direct(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    *,
+    module: str,
+    function: str,
+    extra: Iterable[tuple[str, Any]],
+) -> bool:
+    """Queue the JSON line ``logger.log(level, message, extra=dict(extra))`` would
+    write, without a ``LogRecord``, when the chassis' background JSON handler is the
+    only place the record would go; ``False`` (nothing written) otherwise.
+
+    Same bytes as the logging path (``line`` is 0). The caller checks
+    ``logger.isEnabledFor(level)`` first; the request hot path (the access log) uses
+    this, and any other handler, filter or formatter installed makes it step aside.
+    """
+    handler = _sole_json_writer(logger, level)
+    if handler is None:
+        return False
+    formatter = cast(ChassisJsonFormatter, handler.formatter)
+    line = formatter.compose(
+        time.time(),
+        _LEVEL_NAMES.get(level) or logging.getLevelName(level),
+        logger.name,
+        message,
+        module,
+        function,
+        0,
+        extra,
+    )
+    handler._queue.put(line)
+    return True
 
 
 _HANDLER_ATTR = "_chassis_handler"

@@ -49,6 +49,7 @@ from .events import Events
 from .exceptions import LifecycleError
 from .health import Health
 from .http import RequestPipeline
+from .introspection import Introspection
 from .logging import LogContext, bind_log_context, configure_logging
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -161,6 +162,17 @@ class Service:
             tracing=self.tracing,
             health=self.health,
         )
+        self.introspection = Introspection(
+            service_name=name,
+            version=version,
+            health=self.health,
+            metrics=self.metrics,
+            ratelimit=self.ratelimit,
+            tracing=self.tracing,
+            discovery=self.discovery,
+            clients=self.clients,
+            events=self.events,
+        )
         self._database: Database | None = None
         self.install(self.deadlines)
         self.install(self.ratelimit)
@@ -171,6 +183,7 @@ class Service:
         self.install(self.discovery)
         self.install(self.clients)  # after discovery: clients close before the registry
         self.install(self.events)  # a database installed later closes before the broker
+        self.install(self.introspection)  # routes only: /_chassis and /_chassis/ui
 
     def __repr__(self) -> str:
         return f"<Service {self.name} {self.version}>"

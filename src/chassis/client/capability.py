@@ -108,6 +108,10 @@ class Clients:
         self._clients[name] = (dict(overrides), client)
         return client
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every client's :meth:`ServiceClient.snapshot`, by upstream name."""
+        return [client.snapshot() for _, (_, client) in sorted(self._clients.items())]
+
     def _settings_for(self, overrides: dict[str, Any]) -> ClientSettings:
         if not overrides:
             return self.settings

@@ -396,6 +396,40 @@ class ServiceClient:
         """``(instance id, circuit state)`` of every instance seen lately."""
         return [(e.instance.id, e.breaker.state) for e in list(self._endpoints.values())]
 
+    def snapshot(self) -> dict[str, Any]:
+        """The client's live state, for introspection: instances seen lately with their
+        circuit, the bulkhead's occupancy and the retry budget's level."""
+        bulkhead = self.bulkhead
+        instances = []
+        for endpoint in list(self._endpoints.values()):
+            breaker = endpoint.breaker
+            retry_after = breaker.retry_after
+            instances.append(
+                {
+                    "id": endpoint.instance.id,
+                    "url": endpoint.base_url,
+                    "circuit": breaker.state,
+                    "failures": breaker.failure_count,
+                    "retry_after_seconds": None if retry_after is None else round(retry_after, 3),
+                    "outstanding": endpoint.outstanding,
+                }
+            )
+        return {
+            "name": self.name,
+            "state": self._state,
+            "in_flight": self.active_requests,
+            "bulkhead": {
+                "active": bulkhead.active,
+                "max_concurrency": bulkhead.max_concurrency,
+                "waiting": bulkhead.waiting,
+                "max_queue": bulkhead.max_queue,
+                "rejected": bulkhead.rejected,
+            },
+            "retries": self.retries,
+            "retry_budget": self.budget.snapshot(),
+            "instances": instances,
+        }
+
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def closed(self) -> bool:

@@ -165,6 +165,19 @@ class RetryBudget:
         self._roll()
         return self.ratio * self._total_requests + self.min_per_second * self.window_seconds
 
+    def snapshot(self) -> dict[str, float]:
+        """The budget's level now: window counts, allowance and retries still available."""
+        allowance = self.allowance
+        return {
+            "ratio": self.ratio,
+            "window_seconds": self.window_seconds,
+            "requests": self._total_requests,
+            "retries": self._total_retries,
+            "allowance": round(allowance, 3),
+            "available": round(max(0.0, allowance - self._total_retries), 3),
+            "exhausted": self.exhausted,
+        }
+
     def record_request(self) -> None:
         """Count a first attempt (retries are counted by :meth:`try_spend`)."""
         if self._clock() >= self._bucket_end:

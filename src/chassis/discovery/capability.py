@@ -41,7 +41,7 @@ import re
 import secrets
 import socket
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -127,6 +127,35 @@ class Discovery:
     def watch(self, service: str) -> AsyncIterator[list[Instance]]:
         """The healthy instances of ``service`` now and after every change."""
         return self.registry.watch(service)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This instance's registration and the back end's cache (``None`` while stopped)."""
+        registration = self.registration
+        registered = None
+        if registration is not None:
+            registered = {
+                "id": registration.id,
+                "address": registration.address,
+                "port": registration.port,
+                "state": (
+                    "withdrawn"
+                    if self._withdrawn
+                    else (
+                        "retrying"
+                        if self._retry is not None and not self._retry.done()
+                        else "registered"
+                    )
+                ),
+            }
+        registry = self._registry
+        describe = getattr(registry, "snapshot", None)
+        cache: dict[str, Any] | None = describe() if describe is not None else None
+        return {
+            "backend": self.settings.backend,
+            "self_register": self.settings.self_register,
+            "registration": registered,
+            "cache": cache,
+        }
 
     # -- lifecycle hooks ----------------------------------------------------------
     async def on_listening(self, host: str, port: int) -> None:

@@ -440,6 +440,28 @@ class ConsulRegistry:
                 watch.changed.notify_all()
         watch.attempted.set()
 
+    # -- introspection ------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The watched cache: per service, its instances, the age of the last good
+        answer and whether its watch is running or failing."""
+        now = time.monotonic()
+        services = {}
+        for name, watch in sorted(self._watches.items()):
+            task = watch.task
+            services[name] = {
+                "instances": None if watch.instances is None else [i.url for i in watch.instances],
+                "cache_age_seconds": (
+                    round(now - watch.last_success, 3) if watch.last_success else None
+                ),
+                "watch": (
+                    "stopped"
+                    if task is None or task.done()
+                    else ("failing" if watch.failing else "watching")
+                ),
+                "consecutive_errors": watch.consecutive_errors,
+            }
+        return {"backend": "consul", "addr": _without_userinfo(self.addr), "services": services}
+
     # -- lifecycle ----------------------------------------------------------------
     def _ensure_open(self) -> None:
         if self._closed:
@@ -460,6 +482,15 @@ class ConsulRegistry:
             async with watch.changed:
                 watch.changed.notify_all()
         await self._client.http.close()
+
+
+def _without_userinfo(url: str) -> str:
+    from yarl import URL
+
+    try:
+        return str(URL(url).with_user(None))
+    except ValueError:
+        return "(unparsable)"
 
 
 def _backoff_delays(

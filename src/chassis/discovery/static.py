@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from yarl import URL
 
@@ -64,6 +65,19 @@ class StaticRegistry:
         """Yield the configured instances once, then wait until the registry is closed."""
         yield list(self._instances.get(service, ()))
         await self._closed.wait()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The configured map: per service, its instances (a static map never ages)."""
+        services = {
+            name: {
+                "instances": [i.url for i in instances],
+                "cache_age_seconds": None,
+                "watch": "static",
+                "consecutive_errors": 0,
+            }
+            for name, instances in sorted(self._instances.items())
+        }
+        return {"backend": "static", "services": services}
 
     async def aclose(self) -> None:
         """End every watch; idempotent."""

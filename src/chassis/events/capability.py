@@ -637,6 +637,46 @@ class Events:
             raise LifecycleError(f"{self!r} is not running")
         return await self._active.dead_letters(self.service_name)
 
+    async def snapshot(self, *, timeout_seconds: float = 1.0) -> dict[str, Any]:
+        """The live state, for introspection: back end, subscriptions, handlers in
+        flight, outbox backlog, and the queue's backlog and dead letters where the back
+        end can count them cheaply (``"unknown"`` otherwise, or after ``timeout_seconds``)."""
+        backend = self._active
+        queued: int | str = "unknown"
+        dead: int | str = "unknown"
+        if isinstance(backend, InMemoryBackend):
+            queued = backend.broker.queued(self.service_name)
+            dead = len(backend.broker.dead_letters(self.service_name))
+        elif backend is not None and self.subscriptions:
+            depths = getattr(backend, "queue_depths", None)
+            if depths is not None:
+                try:
+                    async with _compat.timeout(timeout_seconds):
+                        counted = await depths(self.service_name)
+                    queued, dead = counted["queued"], counted["dead_letters"]
+                except (Exception, TimeoutError) as exc:  # introspection never fails for it
+                    log.debug("could not count the queues of %s: %s", self.service_name, exc)
+        return {
+            "backend": _system(backend) if backend is not None else self.settings.backend,
+            "running": backend is not None,
+            "connected": backend.healthy() if backend is not None else False,
+            "consuming": self._consuming,
+            "subscriptions": [
+                {
+                    "source": s.source,
+                    "type": s.type,
+                    "handler": s.name,
+                    "idempotent": s.idempotent,
+                    "max_attempts": s.max_attempts,
+                }
+                for s in self.subscriptions
+            ],
+            "handlers_in_flight": len(self._running),
+            "outbox_backlog": self._backlog(),
+            "queued": queued,
+            "dead_letters": dead,
+        }
+
     def is_idle(self) -> bool:
         """No handler running, no outbox event unsent, and (in memory) the broker idle."""
         if self._running or self._backlog():

@@ -725,6 +725,35 @@ class RabbitMQBackend:
                 await channel.close()
         return letters
 
+    async def queue_depths(self, consumer: str) -> dict[str, int]:
+        """Messages waiting in ``consumer``'s queue and in its dead-letter queue.
+
+        Declared passively on a channel of its own: nothing is created or read.
+        Messages delivered and not yet settled are not counted.
+
+        Raises:
+            EventError: not connected, or a queue does not exist.
+        """
+        session = self._session
+        if session is None or session.lost.is_set() or self._closed:
+            raise EventError(f"RabbitMQ at {self._where} is not connected")
+        try:
+            channel = await session.connection.channel(publisher_confirms=False)
+            try:
+                depths = {}
+                for key, name in (
+                    ("queued", consumer_queue(consumer)),
+                    ("dead_letters", dead_letter_queue(consumer)),
+                ):
+                    queue = await channel.declare_queue(name, passive=True)
+                    depths[key] = queue.declaration_result.message_count or 0
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        except (aiormq.exceptions.AMQPError, *CONNECTION_EXCEPTIONS) as exc:
+            raise EventError(f"cannot count the queues of {consumer}: {_describe(exc)}") from exc
+        return depths
+
     # -- shutdown -----------------------------------------------------------------------
     async def aclose(self) -> None:
         """Stop consuming, cancel handlers still running (their messages are delivered

@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -329,6 +329,31 @@ class RateLimiter:
         return client
 
     # -- request path -----------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The limits in force and their state now, for introspection: admitted
+        requests in flight, each policy's keys and concurrency, whether each priority
+        would be shed at this moment, the shared (Redis) limits and decision counts."""
+        shedder = self._shedder
+        shedding: dict[str, str | None] | None = None
+        if shedder is not None:
+            shedding = {p.label: shedder.shed_reason(p, self.in_flight) for p in Priority}
+        decisions: dict[str, int] = {}
+        for (_route, outcome), count in list(self._stats.decisions.items()):
+            decisions[outcome] = decisions.get(outcome, 0) + count
+        policies = [p for p in (self._service, *self._routes.values()) if p is not None]
+        return {
+            "enabled": self.settings.enabled,
+            "active": self._active,
+            "in_flight": self.in_flight,
+            "policies": [_describe_policy(p) for p in policies],
+            "shedding": shedding,
+            "shared": [
+                {"using_redis": r.using_redis, "fallbacks": r.fallbacks}
+                for r in self.redis_limiters
+            ],
+            "decisions": decisions,
+        }
+
     def priority_of(self, request: web.Request, route: str | None = None) -> Priority:
         """The request's priority: its header, else its route's, else ``normal``."""
         header = self.settings.priority_header
@@ -420,6 +445,20 @@ class RateLimiter:
         if shown is not None and not response.prepared:
             response.headers.update(shown.headers())
         return response
+
+
+def _describe_policy(policy: _Policy) -> dict[str, Any]:
+    local, concurrency = policy.local, policy.concurrency
+    return {
+        "name": policy.name,
+        "rate_per_second": None if local is None else local.rate,
+        "burst": None if local is None else local.burst,
+        "keys": None if local is None else len(local),
+        "in_flight": None if concurrency is None else concurrency.in_flight,
+        "max_in_flight": None if concurrency is None else concurrency.max_in_flight,
+        "waiting": None if concurrency is None else concurrency.waiting,
+        "priority": None if policy.priority is None else policy.priority.label,
+    }
 
 
 def _answer(request: web.Request, error: ProblemError) -> web.Response:

@@ -1,11 +1,15 @@
-"""Fixtures: the inventory as a real upstream on 127.0.0.1 that misbehaves on demand."""
+"""Fixtures: the inventory as a real upstream on 127.0.0.1 that misbehaves on demand.
 
-from collections.abc import AsyncIterator
+The ``chassis_*`` fixtures come from the chassis' pytest plugin, installed with it:
+``chassis_upstream`` starts fault-injecting upstreams, ``chassis_service`` serves
+the service on a free port, ``chassis_broker`` records its events and
+``chassis_logs`` its log records. See the chassis' "Testing your service" guide.
+"""
 
 import pytest
 from aiohttp import web
 from chassis import ClientSettings, DiscoverySettings, HealthSettings
-from chassis.testing import FaultyUpstream
+from chassis.testing import FaultyUpstream, Launcher
 
 from {{ cookiecutter.__package_name }}.settings import Settings
 
@@ -26,10 +30,9 @@ def _inventory_routes() -> web.RouteTableDef:
 
 
 @pytest.fixture
-async def inventory() -> AsyncIterator[FaultyUpstream]:
+async def inventory(chassis_upstream: Launcher[FaultyUpstream]) -> FaultyUpstream:
     """The inventory service: ``GET /stock/{item_id}``, and 200 on every other path."""
-    async with FaultyUpstream(name="inventory", routes=_inventory_routes()) as upstream:
-        yield upstream
+    return await chassis_upstream(name="inventory", routes=_inventory_routes())
 
 
 @pytest.fixture
