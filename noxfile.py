@@ -30,7 +30,15 @@ DEPENDENCIES: list[str] = PYPROJECT["project"]["dependencies"]
 EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
 # Every extra but the tool chain: the tests cover the optional back ends too.
 RUNTIME_EXTRAS = sorted(name for name in EXTRAS if name != "dev")
-TEST_TOOLS = ("pytest", "pytest-asyncio", "pytest-aiohttp", "pytest-timeout", "hatchling")
+TEST_TOOLS = (
+    "pytest",
+    "pytest-asyncio",
+    "pytest-aiohttp",
+    "pytest-timeout",
+    "hatchling",
+    "hypothesis",
+    "playwright",
+)
 DOCS_TOOLS = ("mkdocs", "mkdocs-material", "mkdocstrings", "ruff")  # ruff formats signatures
 
 
@@ -106,6 +114,19 @@ def simplebank(session: nox.Session) -> None:
 
 
 @nox.session
+def chaos(session: nox.Session) -> None:
+    """SimpleBank's chaos suite in its full form (needs rabbitmq-server); prints its table."""
+    wheel = build_wheel(session)
+    session.install(f"{wheel}[{','.join(RUNTIME_EXTRAS)}]", *dev(*TEST_TOOLS))
+    session.install(f"{SIMPLEBANK}[test]")
+    session.chdir(SIMPLEBANK)
+    env = {"SIMPLEBANK_CHAOS_FULL": "1"}
+    session.run(
+        "python", "-m", "pytest", "tests/chaos", "-p", "no:cacheprovider", *session.posargs, env=env
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint rules and formatting, checked, never rewritten."""
     session.install(*dev("ruff"))
@@ -168,10 +189,22 @@ def check_wheel_contents(session: nox.Session, dist: Path) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The HTTP benchmark (needs ``wrk``); posargs go to benchmarks/http_bench.py."""
+    """The benchmarks: HTTP overhead (needs ``wrk``) and SimpleBank sagas end to end.
+
+    ``nox -s bench`` runs both; ``nox -s bench -- http ARGS`` or ``-- saga ARGS`` runs
+    one, with ARGS going to benchmarks/http_bench.py or benchmarks/saga_bench.py.
+    Arguments without a name go to http_bench.py (as before the saga benchmark).
+    """
     wheel = build_wheel(session)
-    session.install(str(wheel))
-    session.run("python", "benchmarks/http_bench.py", *session.posargs)
+    session.install(f"{wheel}[rabbitmq]")
+    which, *args = session.posargs or ["all"]
+    if which not in ("all", "http", "saga"):
+        which, args = "http", list(session.posargs)
+    if which in ("all", "http"):
+        session.run("python", "benchmarks/http_bench.py", *args)
+    if which in ("all", "saga"):
+        session.install(str(SIMPLEBANK))  # its aiochassis requirement is the wheel above
+        session.run("python", "benchmarks/saga_bench.py", *args)
 
 
 @nox.session(python=False)

@@ -156,6 +156,18 @@ def test_cookiecutter_api_renders_the_template_with_other_names(tmp_path: Path) 
     assert deployment["metadata"]["name"] == "ledger-v2"  # Kubernetes names take no '_'
 
 
+def test_bytecode_caches_in_the_installed_template_are_not_copied(tmp_path: Path) -> None:
+    # pip compiles the template's plain-Python files where the package is installed.
+    template = tmp_path / "template"
+    shutil.copytree(TEMPLATE_DIR, template)
+    for folder in (template / "{{cookiecutter.project_slug}}", template / "hooks"):
+        (folder / "__pycache__").mkdir(exist_ok=True)
+        (folder / "__pycache__" / "noxfile.cpython-311.pyc").write_bytes(b"\x00")
+    project = Path(cookiecutter(str(template), no_input=True, output_dir=str(tmp_path / "out")))
+    assert (project / "noxfile.py").is_file()
+    assert list(project.rglob("__pycache__")) == []
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

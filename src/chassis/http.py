@@ -57,7 +57,7 @@ __all__ = [
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
-_QUIET_PREFIXES = ("/health/", "/metrics")
+_QUIET_PREFIXES = ("/health/", "/metrics", "/_chassis")  # probes, scrapes, status polls
 _getrandbits = random.getrandbits
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -48,6 +48,7 @@ __all__ = [
     "configure_logging",
     "current_log_context",
     "current_request_id",
+    "log_direct",
 ]
 
 
