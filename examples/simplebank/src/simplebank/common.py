@@ -51,6 +51,7 @@ __all__ = [
     "now",
     "problem",
     "problem_kind",
+    "query_limit",
 ]
 
 VERSION = "0.1.0"
@@ -146,6 +147,23 @@ def problem_kind(response: Response) -> str:
         if isinstance(kind, str) and kind.startswith(PROBLEM_BASE):
             return kind[len(PROBLEM_BASE) :]
     return f"http-{response.status}"
+
+
+_LIMIT_OK = re.compile(r"[0-9]{1,3}").fullmatch
+
+
+def query_limit(request: web.Request, *, default: int = 50, maximum: int = 100) -> int:
+    """The ``?limit=`` of a list request: ASCII digits, 1..``maximum``.
+
+    Raises:
+        ProblemError: 422 for anything else (``-1``, ``abc``, ``²``, 5000 digits).
+    """
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not _LIMIT_OK(raw) or not 0 < int(raw) <= maximum:
+        raise problem(422, "invalid-limit", f"limit must be 1..{maximum}")
+    return int(raw)
 
 
 def customer_id(request: web.Request) -> str:

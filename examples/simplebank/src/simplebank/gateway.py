@@ -44,6 +44,7 @@ __all__ = ["ROUTES", "create"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _SYMBOL = re.compile(r"[A-Z][A-Z0-9.]{0,9}").fullmatch
+_KEY = re.compile(r"[\x21-\x7e]{1,128}").fullmatch  # visible ASCII: safe to forward and store
 _DEPOSITS = uuid.UUID("5d1e0c8a-3f4b-4b8e-9a51-0c2d9e7f6b10")  # namespace of derived deposit ids
 _FORWARDED_QUERY = ("limit", "state")
 
@@ -90,6 +91,16 @@ def _id(request: web.Request, name: str) -> str:
     return value
 
 
+def _idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header, if sent: 1-128 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _KEY(key):
+        raise problem(
+            422, "invalid-idempotency-key", "Idempotency-Key: 1-128 visible ASCII characters"
+        )
+    return key
+
+
 async def _object(request: web.Request) -> dict[str, Any]:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -118,6 +129,9 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
         version=VERSION,
         settings=bank_settings_from(settings) if settings is not None else BankSettings,
     )
+    # The public edge never shows the chassis' live state (/_chassis), whatever the
+    # settings: operators read it on the internal services.
+    service.introspection.enabled = False
     customers = service.client("customers")
     accounts = service.client("accounts")
     orders = service.client("orders")
@@ -225,9 +239,9 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
     async def deposit(request: web.Request) -> web.Response:
         customer = identity(request)
         body = await _object(request)
+        key = _idempotency_key(request)
         if "deposit_id" not in body:
             # A retried deposit with the same Idempotency-Key is the same deposit.
-            key = request.headers.get("Idempotency-Key")
             seed = f"{customer}/{key}" if key else None
             body["deposit_id"] = str(uuid.uuid5(_DEPOSITS, seed) if seed else uuid.uuid4())
         deposit_id = body["deposit_id"]
@@ -256,7 +270,7 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
             "/orders",
             customer=customer,
             json=body,
-            idempotency_key=request.headers.get("Idempotency-Key"),
+            idempotency_key=_idempotency_key(request),
         )
         if answer.status == 202:
             orders_placed.labels(str(body.get("side"))).inc()
@@ -397,7 +411,7 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
             path,
             customer=customer,
             json=body,
-            idempotency_key=request.headers.get("Idempotency-Key"),
+            idempotency_key=_idempotency_key(request),
         )
         location = None
         if answer.status in (200, 202):

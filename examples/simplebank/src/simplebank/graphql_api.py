@@ -527,6 +527,8 @@ def install(service: Service, gateway: Gateway, *, path: str = "/graphql") -> No
         body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
             raise problem(422, "invalid-body", 'the body must be {"query": "...", ...}')
+        if not body["query"].strip():
+            raise problem(422, "invalid-body", "the query is empty")
         variables = body.get("variables")
         operation = body.get("operationName")
         if variables is not None and not isinstance(variables, dict):

@@ -25,7 +25,7 @@ from chassis import ChassisSettings, Service, read_json
 from chassis.db import Transaction
 from chassis.events import Event
 
-from .common import business_counter, customer_id, make_service, now, problem
+from .common import business_counter, customer_id, make_service, now, problem, query_limit
 
 __all__ = ["SCHEMA", "create", "describe"]
 
@@ -178,13 +178,11 @@ def create(
     @service.get("/notifications")
     async def list_notifications(request: web.Request) -> web.Response:
         customer = customer_id(request)
-        raw_limit = request.query.get("limit", "50")
-        if not raw_limit.isdigit() or not 0 < int(raw_limit) <= 100:
-            raise problem(422, "invalid-limit", "limit must be 1..100")
+        limit = query_limit(request)
         rows = await db.fetchall(
             "SELECT * FROM notifications WHERE customer_id = ? "
             "ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            (customer, int(raw_limit)),
+            (customer, limit),
         )
         return web.json_response({"notifications": [notification_json(row) for row in rows]})
 

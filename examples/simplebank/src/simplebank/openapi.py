@@ -49,7 +49,7 @@ class TradeIn(Model):
 class GraphQLRequest(BaseModel):
     """A GraphQL request (GraphQL over HTTP)."""
 
-    query: str
+    query: Annotated[str, Field(min_length=1)]
     variables: dict[str, Any] | None = None
     operationName: str | None = None  # the protocol's name
 
@@ -268,23 +268,34 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/login"): Operation(
         {200: TokenOut}, Login, auth=False, refusals={401: "unknown email or wrong password"}
     ),
-    ("GET", "/me"): Operation({200: CustomerOut}),
-    ("POST", "/deposits"): Operation({201: Balances, 200: Balances}, DepositIn, idempotent=True),
+    ("GET", "/me"): Operation({200: CustomerOut}, refusals={404: "the customer is gone"}),
+    ("POST", "/deposits"): Operation(
+        {201: Balances, 200: Balances},
+        DepositIn,
+        idempotent=True,
+        refusals={409: "the deposit_id was used for another deposit"},
+    ),
     ("GET", "/balances"): Operation({200: Balances}),
     ("POST", "/orders"): Operation(
         {202: OrderOut, 200: OrderOut},
         NewOrder,
         idempotent=True,
-        refusals={409: "not enough cash or shares", 503: "the order cannot be priced"},
+        refusals={
+            409: "not enough cash or shares, or the Idempotency-Key used for another order",
+            503: "the order cannot be priced",
+        },
     ),
     ("POST", "/shares/buy"): Operation(
-        {202: OrderOut, 200: OrderOut}, TradeIn, idempotent=True, refusals={409: "not enough cash"}
+        {202: OrderOut, 200: OrderOut},
+        TradeIn,
+        idempotent=True,
+        refusals={409: "not enough cash, or the Idempotency-Key used for another order"},
     ),
     ("POST", "/shares/sell"): Operation(
         {202: OrderOut, 200: OrderOut},
         TradeIn,
         idempotent=True,
-        refusals={409: "not enough shares"},
+        refusals={409: "not enough shares, or the Idempotency-Key used for another order"},
     ),
     ("GET", "/orders"): Operation({200: OrderList}, query=("state", "limit")),
     ("GET", "/orders/{order_id}"): Operation({200: OrderOut}),
@@ -296,7 +307,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/strategies"): Operation({200: StrategyList}),
     ("GET", "/strategies/{strategy_id}"): Operation({200: StrategyOut}),
     ("POST", "/strategies/{strategy_id}/investments"): Operation(
-        {202: InvestmentOut, 200: InvestmentOut}, Invest, idempotent=True
+        {202: InvestmentOut, 200: InvestmentOut},
+        Invest,
+        idempotent=True,
+        refusals={409: "the Idempotency-Key was used for another investment"},
     ),
     ("GET", "/strategies/{strategy_id}/investments"): Operation({200: InvestmentList}),
     ("GET", "/investments/{investment_id}"): Operation({200: InvestmentOut}),
@@ -381,8 +395,9 @@ def document(routes: list[tuple[str, str, str]] | None = None) -> dict[str, Any]
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "a retry with the same key is the same request",
-                    "schema": {"type": "string", "maxLength": 200},
+                    "description": "a retry with the same key is the same request "
+                    "(1-128 visible ASCII characters)",
+                    "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
                 }
             )
         if parameters:
@@ -398,8 +413,11 @@ def document(routes: list[tuple[str, str, str]] | None = None) -> dict[str, Any]
                 "required": True,
                 "content": {"application/json": {"schema": ref(op.body)}},
             }
-            responses["400"] = _problem("the body is not JSON")
+            responses["400"] = _problem("the body is not JSON (or not UTF-8)")
+            responses["413"] = _problem("the body is too large")
             responses["422"] = _problem("the body is not valid")
+        if op.query or op.idempotent:
+            responses.setdefault("422", _problem("a parameter is not valid"))
         if op.auth:
             item["security"] = [{"bearer": []}]
             responses["401"] = _problem("no valid bearer token")
@@ -407,7 +425,10 @@ def document(routes: list[tuple[str, str, str]] | None = None) -> dict[str, Any]
             responses["404"] = _problem("no such resource (or another customer's)")
         for status, when in op.refusals.items():
             responses[str(status)] = _problem(when)
+        responses.setdefault("429", _problem("too many requests: retry after Retry-After"))
+        responses["502"] = _problem("a service it depends on answered with an error")
         responses.setdefault("503", _problem("a service it depends on is unavailable"))
+        responses["504"] = _problem("a service it depends on did not answer in time")
         item["responses"] = dict(sorted(responses.items()))
         paths.setdefault(path, {})[method.lower()] = item
     return {

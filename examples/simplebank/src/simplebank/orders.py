@@ -44,6 +44,7 @@ from .common import (
     now,
     problem,
     problem_kind,
+    query_limit,
 )
 
 __all__ = ["SCHEMA", "TERMINAL", "create"]
@@ -571,9 +572,7 @@ def create(
     @service.get("/orders")
     async def list_orders(request: web.Request) -> web.Response:
         customer = customer_id(request)
-        raw_limit = request.query.get("limit", "50")
-        if not raw_limit.isdigit() or not 0 < int(raw_limit) <= 100:
-            raise problem(422, "invalid-limit", "limit must be 1..100")
+        limit = query_limit(request)
         state = request.query.get("state")
         sql = "SELECT * FROM orders WHERE customer_id = ?"
         params: list[Any] = [customer]
@@ -581,7 +580,7 @@ def create(
             sql += " AND state = ?"
             params.append(state.upper())
         sql += " ORDER BY created_ts DESC LIMIT ?"
-        params.append(int(raw_limit))
+        params.append(limit)
         rows = await db.fetchall(sql, params)
         return web.json_response({"orders": [order_json(row) for row in rows]})
 
