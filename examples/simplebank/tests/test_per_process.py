@@ -10,19 +10,14 @@ A customer signs up, deposits, buys and sells through the gateway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import secrets
-import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from procs import processes
 from simplebank.exchange import Exchange
-from simplebank.services import SERVICES, free_ports
 from simplebank.testing import check_invariants
 
 from chassis.testing import ConsulStandIn
@@ -32,87 +27,6 @@ sys.path.insert(0, str(ROOT / "tests" / "events"))
 from rabbitmq_server import require_rabbitmq, running_broker  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def environment(name: str, data: Path, consul: str, amqp: str, secret: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHASSIS_", "OTEL_"))}
-    env.update(
-        {
-            "CHASSIS_DISCOVERY__BACKEND": "consul",
-            "CHASSIS_DISCOVERY__CONSUL_ADDR": consul,
-            "CHASSIS_DISCOVERY__CHECK_INTERVAL_SECONDS": "1",
-            "CHASSIS_EVENTS__BACKEND": "rabbitmq",
-            "CHASSIS_EVENTS__URL": amqp,
-            "CHASSIS_EVENTS__RETRY_INITIAL_SECONDS": "0.1",
-            "CHASSIS_EVENTS__RETRY_MAX_SECONDS": "1",
-            "CHASSIS_EVENTS__MAX_ATTEMPTS": "50",
-            "CHASSIS_AUTH__TOKEN_SECRET": secret,
-            "CHASSIS_DATABASE__PATH": str(data / f"{name}.db"),
-            "CHASSIS_HEALTH__DRAIN_DELAY_SECONDS": "0",
-            "CHASSIS_LOG__LEVEL": "WARNING",
-            "CHASSIS_LOG__ACCESS_LOG": "false",
-            "CHASSIS_TRACING__ENABLED": "false",
-        }
-    )
-    return env
-
-
-@contextlib.asynccontextmanager
-async def processes(tmp_path: Path, consul: str, amqp: str) -> AsyncIterator[dict[str, str]]:
-    """Every service in its own process; yields name -> base URL once all are ready."""
-    secret = secrets.token_urlsafe(32)
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    running: dict[str, asyncio.subprocess.Process] = {}
-    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in SERVICES}
-    try:
-        for name, target in SERVICES.items():
-            running[name] = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "chassis",
-                "run",
-                target,
-                "--port",
-                str(ports[name]),
-                env=environment(name, tmp_path, consul, amqp, secret),
-                stdout=logs[name],
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        await wait_until_discoverable(consul, running, tmp_path)
-        yield urls
-    finally:
-        for process in running.values():
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for name, process in running.items():
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:  # Python 3.10: not the built-in
-                process.kill()
-                await process.wait()
-            logs[name].close()
-
-
-async def wait_until_discoverable(
-    consul: str, running: dict[str, asyncio.subprocess.Process], logs: Path
-) -> None:
-    """Until Consul lists every service with a passing check (bounded: 120 s)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + 120
-    async with aiohttp.ClientSession() as session:
-        for name in SERVICES:
-            while True:
-                process = running[name]
-                if process.returncode is not None:
-                    log = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
-                    pytest.fail(f"{name} exited {process.returncode}:\n{log}")
-                url = f"{consul}/v1/health/service/{name}?passing=true"
-                async with session.get(url) as response:
-                    if response.status == 200 and await response.json():
-                        break
-                assert loop.time() < give_up, f"{name} never became discoverable"
-                await asyncio.sleep(0.2)
 
 
 async def call(
@@ -164,7 +78,8 @@ async def test_each_service_in_its_own_process_completes_a_buy_and_a_sell(
                 consul.url + "/v1/agent/service/register", json=registration
             ) as response:
                 assert response.status == 200
-            async with processes(tmp_path, consul.url, broker.url) as urls:
+            async with processes(tmp_path, consul.url, broker.url) as fleet:
+                urls = fleet.urls
                 gateway = urls["gateway"]
                 me = {"email": "dora@example.com", "password": "dora's password", "name": "Dora"}
                 await call(session, "POST", gateway + "/signup", json=me, expect=201)
