@@ -102,6 +102,42 @@ class Result:
     """``rowid`` of the last inserted row."""
 
 
+def _run_one(conn: sqlite3.Connection, sql: str, params: Params) -> Result:
+    cursor = conn.execute(sql, params)
+    try:
+        return Result(cursor.rowcount, cursor.lastrowid)
+    finally:
+        cursor.close()
+
+
+def _run_many(conn: sqlite3.Connection, sql: str, rows: list[Params]) -> Result:
+    cursor = conn.executemany(sql, rows)
+    try:
+        return Result(cursor.rowcount, cursor.lastrowid)
+    finally:
+        cursor.close()
+
+
+def _fetch_one(conn: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+    cursor = conn.execute(sql, params)
+    try:
+        row: sqlite3.Row | None = cursor.fetchone()
+        return row
+    finally:
+        cursor.close()
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` on ``conn``'s thread: one trip there and back.
+
+    aiosqlite's public calls cost a trip each (execute, fetch, close: three for one
+    query); each trip wakes its thread and then the event loop, which is most of the
+    cost of a small query.
+    """
+    run: Callable[..., Awaitable[Any]] = conn._execute  # aiosqlite's queue to its thread
+    return await run(lambda: fn(conn._conn, *args))
+
+
 class Transaction:
     """One write transaction. Get it from :meth:`Database.transaction`."""
 
@@ -114,30 +150,22 @@ class Transaction:
 
     async def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement."""
-        cursor = await self._conn.execute(sql, params)
-        try:
-            return Result(cursor.rowcount, cursor.lastrowid)
-        finally:
-            await cursor.close()
+        result: Result = await _in_thread(self._conn, _run_one, sql, params)
+        return result
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> Result:
         """Run one statement once per parameter set."""
-        cursor = await self._conn.executemany(sql, rows)
-        try:
-            return Result(cursor.rowcount, cursor.lastrowid)
-        finally:
-            await cursor.close()
+        result: Result = await _in_thread(self._conn, _run_many, sql, list(rows))
+        return result
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         """The first row of a query, or None; sees this transaction's own writes."""
-        async with self._conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        row: sqlite3.Row | None = await _in_thread(self._conn, _fetch_one, sql, params)
+        return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Every row of a query; sees this transaction's own writes."""
-        async with self._conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, params))
 
     def publish(
         self,
@@ -420,14 +448,15 @@ class Database:
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         """The first row of a query over committed data, or None."""
-        async with self._reading() as conn, conn.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
+        async with self._reading() as conn:
+            row: sqlite3.Row | None = await _in_thread(conn, _fetch_one, sql, params)
             return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Every row of a query over committed data."""
-        async with self._reading() as conn, conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self._reading() as conn:
+            # One trip to the connection's thread, not three (execute, fetch, close).
+            return list(await conn.execute_fetchall(sql, params))
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -458,10 +487,9 @@ class Database:
         # On the writer, under the lock: a commit cannot slip between the count and its use.
         async with self._lock:
             conn = self._conn("writer")
-            async with conn.execute(
-                "SELECT count(*) FROM chassis_outbox WHERE sent_at IS NULL"
-            ) as cursor:
-                row = await cursor.fetchone()
+            row = await _in_thread(
+                conn, _fetch_one, "SELECT count(*) FROM chassis_outbox WHERE sent_at IS NULL", ()
+            )
             self.outbox_backlog = int(row[0]) if row is not None else 0
         return self.outbox_backlog
 
@@ -490,28 +518,45 @@ class Database:
             )
             if not rows:
                 break
-            for row in rows:
-                try:
-                    event = decode(bytes(row["body"]))
-                except Exception as exc:  # written by us; only a foreign writer gets here
-                    log.error("outbox row %s is not an event (%s); skipped", row["seq"], exc)
-                    await self._mark_sent(int(row["seq"]))
-                    continue
-                await publisher(event)
-                await self._mark_sent(int(row["seq"]))
-                sent += 1
+            done: list[int] = []
+            try:
+                for row in rows:
+                    try:
+                        event = decode(bytes(row["body"]))
+                    except Exception as exc:  # written by us; only a foreign writer gets here
+                        log.error("outbox row %s is not an event (%s); skipped", row["seq"], exc)
+                        done.append(int(row["seq"]))
+                        continue
+                    await publisher(event)
+                    done.append(int(row["seq"]))
+                    sent += 1
+            finally:
+                # What was published is marked even when a later row fails: one
+                # statement for the batch, not one per row.
+                await self._mark_sent(done)
             if len(rows) < batch:
                 break
-        await self._count_pending()
+        if self.outbox_backlog:
+            # Rows committed meanwhile, or written by another process: count again.
+            await self._count_pending()
         return sent
 
-    async def _mark_sent(self, seq: int) -> None:
+    async def _mark_sent(self, seqs: Sequence[int]) -> None:
+        """Mark sent the rows ``seqs``: the first rows, in order, of the pending ones."""
+        if not seqs:
+            return
         async with self._lock:
             conn = self._conn("writer")
-            await conn.execute(
-                "UPDATE chassis_outbox SET sent_at = ? WHERE seq = ?", (time.time(), seq)
+            # Pending rows are taken in ``seq`` order and new rows get higher ``seq``s,
+            # so no pending row lies between two of ``seqs`` that is not one of them.
+            marked: Result = await _in_thread(
+                conn,
+                _run_one,
+                "UPDATE chassis_outbox SET sent_at = ? "
+                "WHERE sent_at IS NULL AND seq BETWEEN ? AND ?",
+                (time.time(), seqs[0], seqs[-1]),
             )
-            self.outbox_backlog = max(0, self.outbox_backlog - 1)
+            self.outbox_backlog = max(0, self.outbox_backlog - marked.rowcount)
 
     async def _prune(self) -> None:
         async with self._lock:

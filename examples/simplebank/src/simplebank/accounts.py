@@ -140,13 +140,12 @@ async def post(tx: Transaction, kind: str, ref: str, postings: Sequence[Posting]
         (kind, ref, now()),
     )
     txn = result.lastrowid
-    for account, asset, amount in postings:
-        if amount == 0:
-            continue
-        await tx.execute(
-            "INSERT INTO ledger_entries (txn_id, account, asset, amount) VALUES (?, ?, ?, ?)",
-            (txn, account, asset, amount),
-        )
+    moves = [(account, asset, amount) for account, asset, amount in postings if amount]
+    await tx.executemany(
+        "INSERT INTO ledger_entries (txn_id, account, asset, amount) VALUES (?, ?, ?, ?)",
+        [(txn, account, asset, amount) for account, asset, amount in moves],
+    )
+    for account, asset, amount in moves:
         # UPDATE first: an upsert would check the CHECK constraint on the bare delta.
         updated = await tx.execute(
             "UPDATE balances SET amount = amount + ? WHERE account = ? AND asset = ?",
