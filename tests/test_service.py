@@ -306,3 +306,46 @@ async def _wait_ready(
 
 def test_quick_settings_helper_has_no_drain_delay() -> None:
     assert quick_settings().health.drain_delay_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("runtime", "tuned"),
+    [({"gc_threshold": 4321}, True), ({"gc_freeze": False, "gc_threshold": 0}, False)],
+)
+async def test_serve_tunes_the_collector_while_serving_and_restores_it(
+    runtime: dict[str, Any], tuned: bool
+) -> None:
+    import gc
+
+    service = Service("gc", settings=quick_settings(runtime=runtime))
+
+    @service.get("/gc")
+    async def collector(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"threshold": list(gc.get_threshold()), "frozen": gc.get_freeze_count()}
+        )
+
+    before = gc.get_threshold()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = asyncio.create_task(service.serve("127.0.0.1", port))
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/gc") as resp:
+                        seen = await resp.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert time.monotonic() < deadline, "the service never answered"
+                    await asyncio.sleep(0.05)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it on the loop, then drains
+        await asyncio.wait_for(server, 30)
+    if tuned:
+        assert seen["threshold"] == [4321, *before[1:]] and seen["frozen"] > 1000
+    else:
+        assert seen["threshold"] == list(before) and seen["frozen"] == 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

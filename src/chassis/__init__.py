@@ -16,6 +16,7 @@ from .config import (
     LogSettings,
     MetricsSettings,
     RateLimitSettings,
+    RuntimeSettings,
     TracingSettings,
     load_settings,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "Registry",
     "RequestValidationError",
     "RunningService",
+    "RuntimeSettings",
     "SERVICE_KEY",
     "SETTINGS_KEY",
     "Service",

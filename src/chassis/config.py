@@ -50,6 +50,7 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "RateLimitSettings",
+    "RuntimeSettings",
     "RouteLimitSettings",
     "TracingSettings",
     "env_var_name",
@@ -93,6 +94,24 @@ class HttpSettings(_Section):
     """Largest request body accepted; larger ones get 413."""
     keepalive_timeout_seconds: float = Field(default=75.0, gt=0)
     """Idle keep-alive connections are closed after this long."""
+
+
+class RuntimeSettings(_Section):
+    """``CHASSIS_RUNTIME__*``: the Python process a served service runs in.
+
+    Applied by ``Service.run()`` / ``serve()`` (``chassis run``) once the service
+    listens, and undone when it stops; never by ``Service.running()``, which tests and
+    several services in one process use.
+    """
+
+    gc_freeze: bool = True
+    """Once started, move every object then alive (imported modules, settings, the
+    application) to the collector's permanent generation (``gc.freeze()``): later
+    collections no longer walk them."""
+    gc_threshold: int = Field(default=10_000, ge=0)
+    """Allocations between collections of the youngest generation (Python's default is
+    700): fewer collections of short-lived request objects. ``0`` keeps the
+    interpreter's setting."""
 
 
 class HealthSettings(_Section):
@@ -505,6 +524,7 @@ class ChassisSettings(BaseSettings):
     """Deployment environment name (``CHASSIS_ENVIRONMENT``), e.g. ``production``."""
     log: LogSettings = LogSettings()
     http: HttpSettings = HttpSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
     health: HealthSettings = HealthSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()

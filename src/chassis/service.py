@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -42,7 +43,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from .client import Clients, DeadlinePropagation, ServiceClient
-from .config import ChassisSettings, load_settings
+from .config import ChassisSettings, RuntimeSettings, load_settings
 from .db import Database
 from .discovery.capability import Discovery
 from .events import Events
@@ -405,7 +406,8 @@ class Service:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             async with self.running(host, port):
-                await stop.wait()
+                with _tuned_collector(self.settings.runtime):
+                    await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -427,6 +429,29 @@ class Service:
             asyncio.run(self.serve(host, port))
         finally:
             handler.flush()
+
+
+@contextlib.contextmanager
+def _tuned_collector(settings: RuntimeSettings) -> Iterator[None]:
+    """Apply ``settings``' garbage-collector tuning for the ``with`` block, then undo it.
+
+    A serving process allocates short-lived objects per request and keeps a large,
+    stable heap from startup: freezing that heap and collecting the youngest
+    generation less often spends less time in the collector. Cycles are still found.
+    """
+    previous = gc.get_threshold()
+    frozen = settings.gc_freeze
+    if frozen:
+        gc.collect()  # garbage of the startup is not frozen with the rest
+        gc.freeze()
+    if settings.gc_threshold:
+        gc.set_threshold(settings.gc_threshold, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        if frozen:
+            gc.unfreeze()
 
 
 def _bound_port(site: web.TCPSite, requested: int) -> int:

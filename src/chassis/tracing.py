@@ -162,8 +162,23 @@ def _fail_with_status(span: trace.Span, status: int) -> None:
         span.set_attribute("error.type", str(status))
 
 
+_ADDRESSES: dict[tuple[str, str], tuple[str, int | None]] = {}
+_MAX_ADDRESSES = 256  # Host headers come from clients: the memo is bounded
+
+
 def _server_address(host: str, scheme: str) -> tuple[str, int | None]:
-    """Split a ``Host`` header (``example.com:8080``, ``[::1]``) into address and port."""
+    """Split a ``Host`` header (``example.com:8080``, ``[::1]``) into address and port
+    (remembered: a service is called by few names)."""
+    key = (host, scheme)
+    found = _ADDRESSES.get(key)
+    if found is None:
+        found = _split_host(host, scheme)
+        if len(_ADDRESSES) < _MAX_ADDRESSES:
+            _ADDRESSES[key] = found
+    return found
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
     address, port_text = host, ""
     if host.startswith("["):
         end = host.find("]")
