@@ -8,6 +8,7 @@ import json
 import pytest
 
 from chassis import Service
+from chassis._status import render
 from chassis.cli import main
 
 from .test_introspection import TOKEN, assert_no_secret, secret_settings
@@ -32,6 +33,19 @@ async def test_status_prints_tables_without_secrets(capsys: pytest.CaptureFixtur
         code, out, err = await run(capsys, "status", running.url, "--token", TOKEN, "--json")
         assert code == 0 and json.loads(out)["service"]["name"] == "svc"
         assert_no_secret(out)
+
+
+def test_terminal_control_characters_in_values_are_not_printed() -> None:
+    hostile = "\x1b]0;owned\x07\x1b[2J"
+    data = {
+        "service": {"name": "svc", "version": hostile},
+        "health": {"checks": {"db": {"critical": True, "last": {"error": hostile}}}},
+        "discovery": {"backend": hostile, "registration": {"id": hostile}},
+        "events": {"backend": hostile},
+    }
+    text = render(data)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "svc ?]0;owned??[2J" in text
 
 
 async def test_status_takes_the_token_from_the_environment(

@@ -182,6 +182,61 @@ def test_redaction_covers_names_secret_types_and_url_credentials() -> None:
     assert data["introspection"]["token"] is None
 
 
+def test_redaction_covers_several_urls_in_one_value_query_secrets_and_bare_userinfo() -> None:
+    class Custom(ChassisSettings):
+        cluster: str = "amqp://u:pw-one@127.0.0.1,amqp://u:pw-two@127.0.0.2/v"
+        hook: str = "https://127.0.0.1/h?access_token=q-tok&x=1"
+        dsn: str = "host=127.0.0.1 password=kv-pw dbname=bank"
+        bare: str = "bank:bare-pw@127.0.0.1:5432"
+        auth: str = "Basic YmFuazpwdw=="
+
+    data = redact_settings(Custom())
+    assert data["cluster"] == "amqp://127.0.0.1,amqp://127.0.0.2/v"
+    assert data["hook"] == f"https://127.0.0.1/h?access_token={REDACTED}&x=1"
+    assert data["dsn"] == f"host=127.0.0.1 password={REDACTED} dbname=bank"
+    assert data["bare"] == "127.0.0.1:5432"
+    assert data["auth"] == REDACTED
+
+
+async def test_secrets_set_through_the_environment_and_in_check_errors_never_appear(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "CHASSIS_INTROSPECTION__TOKEN": "env-tok-S1",
+        "CHASSIS_DISCOVERY__CONSUL_TOKEN": "env-consul-S2",
+        "CHASSIS_EVENTS__URL": "amqp://bank:env-amqp-S3@127.0.0.1:5672/",
+        "CHASSIS_RATELIMIT__REDIS_URL": "redis://:env-redis-S4@127.0.0.1:6379/0",
+        "CHASSIS_TRACING__HEADERS": "authorization=Bearer env-hdr-S5",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=env-otel-S6",
+        "CHASSIS_TRACING__ENDPOINT": "http://otel:env-endpoint-S7@127.0.0.1:4318/v1/traces",
+        "CHASSIS_DISCOVERY__CONSUL_ADDR": "http://c:env-addr-S8@127.0.0.1:8500",
+        "CHASSIS_DISCOVERY__STATIC": '{"up": ["http://s:env-static-S9@127.0.0.1:9"]}',
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    settings = quick_settings(environment="production", tracing={"enabled": False})
+    service = Service("svc", settings=settings)
+    service.client("up")
+
+    @service.health.check("db", critical=False)
+    async def db() -> bool:
+        raise OSError("cannot reach postgresql://bank:check-S10@127.0.0.1/db?password=q-S11")
+
+    leaked = [value.split("@")[0].rpartition(":")[2] for value in secrets.values()]
+    leaked = [*leaked[:4], "env-hdr-S5", "env-otel-S6", *leaked[6:], "check-S10", "q-S11"]
+    auth = {"Authorization": "Bearer env-tok-S1"}
+    async with service.running("127.0.0.1", 0) as running:
+        async with session.get(running.url + "/health/ready") as response:
+            assert response.status == 200
+        async with session.get(running.url + "/_chassis", headers=auth) as response:
+            assert response.status == 200
+            text = await response.text()
+    assert "cannot reach postgresql://127.0.0.1/db?password=" in text
+    assert "127.0.0.1:4318/v1/traces" in text
+    for secret in leaked:
+        assert secret not in text, secret
+
+
 async def test_an_open_breaker_and_an_occupied_bulkhead_show_in_the_state(
     session: aiohttp.ClientSession, upstream: tuple[str, asyncio.Event]
 ) -> None:
@@ -254,6 +309,16 @@ async def test_enabling_it_in_production_without_a_token_fails_the_start() -> No
             pass
 
 
+async def test_an_empty_token_fails_the_start_rather_than_opening_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHASSIS_INTROSPECTION__TOKEN", " ")  # e.g. an unset ${OPS_TOKEN}
+    service = Service("svc", settings=quick_settings(environment="production"))
+    with pytest.raises(ConfigError, match="CHASSIS_INTROSPECTION__TOKEN"):
+        async with service.running("127.0.0.1", 0):
+            pass
+
+
 async def test_a_custom_prefix_moves_it_and_other_underscore_paths_are_404(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -316,11 +381,20 @@ async def test_the_status_page_asks_for_the_token_and_shows_an_open_breaker_in_r
     from playwright.async_api import async_playwright, expect
 
     url, _ = upstream
-    service = Service("svc", settings=secret_settings(discovery={"static": {"flaky": [url]}}))
+    version = '<b id="injected-1">1</b>'  # every value is shown as text, never as markup
+    settings = secret_settings(discovery={"static": {"flaky": [url]}})
+    service = Service("svc", version=version, settings=settings)
     flaky = service.client("flaky", breaker_failure_threshold=1, max_attempts=1)
+
+    @service.health.check('<img src="x" id="injected-2">', critical=False)
+    async def hostile() -> bool:
+        raise RuntimeError('<img src="x" id="injected-3"><script>document.title="x"</script>')
+
     problems: list[str] = []
     async with service.running("127.0.0.1", 0) as running:
         assert (await flaky.get("/fail")).status == 500  # counts as a failure: opens it
+        async with aiohttp.ClientSession() as session:  # runs the check
+            await (await session.get(running.url + "/health/ready")).read()
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
                 executable_path=executable, headless=True, args=CHROMIUM_ARGS
@@ -341,7 +415,10 @@ async def test_the_status_page_asks_for_the_token_and_shows_an_open_breaker_in_r
                 await expect(cell).to_have_text("open", timeout=20_000)
                 colour = await cell.evaluate("e => getComputedStyle(e).backgroundColor")
                 assert colour == "rgb(198, 40, 40)"
-                await expect(page.locator("h1")).to_have_text("svc 0.0.0")
+                await expect(page.locator("h1")).to_have_text(f"svc {version}")
+                await expect(page.locator("main")).to_contain_text('id="injected-3"><script>')
+                assert await page.locator("[id^=injected]").count() == 0
+                assert await page.title() == "chassis status"
                 html = await page.content()
                 await page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
             finally:

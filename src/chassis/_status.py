@@ -6,6 +6,7 @@ Fetching is synchronous (``urllib``): the command runs no event loop.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,8 @@ from typing import Any, TextIO
 __all__ = ["StatusError", "Unauthorized", "fetch", "render", "watch"]
 
 _STATE_MARKS = {"closed": "ok", "half_open": "HALF-OPEN", "open": "OPEN"}
+# Terminal control characters (escape sequences included) in a value are shown as "?".
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]").sub
 
 
 class StatusError(Exception):
@@ -80,7 +83,7 @@ def _cell(value: Any) -> str:
         return ", ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list | tuple):
         return ", ".join(_cell(v) for v in value) or "-"
-    return " ".join(str(value).split())
+    return _CONTROL("?", " ".join(str(value).split()))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -115,7 +118,7 @@ def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
 
     s = data.get("service", {})
     section(
-        f"{s.get('name')} {s.get('version')}",
+        f"{_cell(s.get('name'))} {_cell(s.get('version'))}",
         table(
             ["instance", "environment", "uptime (s)", "pid", "chassis"],
             [
@@ -224,13 +227,13 @@ def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
         ]
         registration = " ".join(str(reg[k]) for k in ("id", "state") if reg.get(k)) or "none"
         section(
-            f"Discovery ({disc.get('backend')}; registration: {registration})",
+            f"Discovery ({_cell(disc.get('backend'))}; registration: {_cell(registration)})",
             table(["service", "instances", "cache age (s)", "watch"], rows),
         )
     events = data.get("events")
     if events:
         section(
-            f"Events ({events.get('backend')})",
+            f"Events ({_cell(events.get('backend'))})",
             table(
                 ["connected", "consuming", "handlers", "outbox", "queued", "dead letters"],
                 [

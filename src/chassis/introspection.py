@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, SecretStr
-from yarl import URL
 
 from ._version import __version__
 from .config import ChassisSettings, IntrospectionSettings, env_var_name
@@ -69,7 +68,9 @@ REDACTED = "**********"
 """What a redacted value reads as (pydantic's rendering of a ``SecretStr``)."""
 
 _SENSITIVE_NAME = re.compile(
-    r"secret|passw|pwd|token|credential|api_?key|private_?key|cookie|session_?key", re.I
+    r"secret|passw|pwd|token|credential|api_?key|private_?key|cookie|session_?key|authoriz"
+    r"|(?:^|_)auth(?:_|$)",
+    re.I,
 ).search
 _NO_STORE = {
     "Cache-Control": "no-store",
@@ -84,8 +85,9 @@ def redact_settings(settings: BaseModel) -> dict[str, Any]:
     """``settings`` as JSON-ready data with every secret replaced by :data:`REDACTED`.
 
     Redacted: every ``SecretStr``, every value whose field or key is named like a
-    secret (``secret``, ``password``, ``token``, ``api_key``, ...), and the user
-    information of URLs (``amqp://user:password@host`` reads ``amqp://host``).
+    secret (``secret``, ``password``, ``token``, ``api_key``, ...), the user
+    information of URLs (``amqp://user:password@host`` reads ``amqp://host``) and
+    secret-named parameters inside text (``?token=...``, ``password=...``).
     """
     return dict(_redact(settings, sensitive=False))
 
@@ -109,20 +111,42 @@ def _redact(value: Any, *, sensitive: bool) -> Any:
         return REDACTED
     if isinstance(value, bool | int | float):
         return value
-    text = str(value)
-    if "@" in text and "://" in text:
-        return _without_userinfo(text)
+    return scrub(str(value))
+
+
+# ``scheme://user:password@`` (the authority's last ``@``), anywhere in a text, and a
+# scheme-less ``user:password@host``.
+_USERINFO = re.compile(
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*(?:@[^/?#\s@]*)*@"
+)
+_BARE_USERINFO = re.compile(r"(?<![\w.~%+:/-])[\w.~%+-]+:[^\s/@]+@(?=[\w\[])")
+# ``name=value`` with a secret-like name: query strings, DSNs, header lists.
+_SECRET_PARAM = re.compile(
+    r"(?<![\w.-])(?P<name>[\w.-]*(?:secret|passw|pwd|token|credential|api_?key|private_?key|"
+    r"signature|authorization)[\w.-]*)=(?P<value>(?:(?:Bearer|Basic|Token) )?[^&;,\s]+)",
+    re.I,
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` without URL credentials or secret-named ``name=value`` parameters."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\g<scheme>", text)
+        text = _BARE_USERINFO.sub("", text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(lambda m: f"{m['name']}={REDACTED}", text)
     return text
 
 
-def _without_userinfo(text: str) -> str:
-    try:
-        url = URL(text)
-    except ValueError:
-        return REDACTED
-    if url.user is None and url.password is None:
-        return text
-    return str(url.with_user(None))
+def _scrub_all(value: Any) -> Any:
+    """Every text in ``value`` (JSON-ready data) passed through :func:`scrub`."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_all(v) for v in value]
+    return value
 
 
 class Introspection:
@@ -196,7 +220,11 @@ class Introspection:
         assert token is not None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         expected = token.get_secret_value().encode()
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
+        if (
+            expected.strip()  # an empty token opens nothing
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(), expected)
+        ):
             return None
         return problem_response(
             401,
@@ -245,12 +273,14 @@ class Introspection:
             "clients": self.clients.snapshot() if self.clients is not None else [],
             "discovery": self.discovery.snapshot() if self.discovery is not None else None,
             "events": await self.events.snapshot() if self.events is not None else None,
-            "settings": (
-                redact_settings(self._service_settings)
-                if self._service_settings is not None
-                else {"introspection": redact_settings(self.settings)}
-            ),
         }
+        # Check errors and the like are free text: no credentials in them either.
+        data = _scrub_all(data)
+        data["settings"] = (
+            redact_settings(self._service_settings)
+            if self._service_settings is not None
+            else {"introspection": redact_settings(self.settings)}
+        )
         return data
 
     # -- handlers ---------------------------------------------------------------------
@@ -289,6 +319,11 @@ class Introspection:
             self.settings = settings.introspection
         self.environment = settings.environment
         self._service_settings = settings
+        token = self.settings.token
+        if token is not None and not token.get_secret_value().strip():
+            raise ConfigError(
+                [(env_var_name(("introspection", "token")), "must not be empty when set")]
+            )
         if (
             self.settings.enabled
             and self.enabled is not False
