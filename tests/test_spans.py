@@ -226,3 +226,41 @@ def test_links_added_after_the_start_are_exported() -> None:
     (exported,) = memory.get_finished_spans()
     assert [link.context for link in exported.links] == [REMOTE]
     assert isinstance(exported.links[0], Link)
+
+
+def test_plain_server_spans_encoded_from_remembered_shapes_match_the_stock_encoder() -> None:
+    import chassis._otlp as otlp
+
+    tracer, memory = _tracer()
+    # Same keys with values equal in Python but not in OTLP (True == 1 == 1.0), statuses,
+    # a root and a remote parent: each must keep its own encoding.
+    plain_remote = SpanContext(REMOTE.trace_id, REMOTE.span_id, True, TraceFlags(1))
+    parents = [Context(), trace.set_span_in_context(trace.NonRecordingSpan(plain_remote))]
+    for value in (True, 1, 1.0, "1", ("a", "b"), True):
+        for parent in (*parents, _remote_parent()):
+            span = start_server_span(
+                tracer, "GET /a", parent, SpanKind.SERVER, {**ATTRIBUTES, "x": value}
+            )
+            if value == "1":
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+    spans = memory.get_finished_spans()
+    # Spans with a trace state take the general path; the others the remembered shapes.
+    shaped = [otlp._server_span(span) is not None for span in spans]  # type: ignore[arg-type]
+    assert shaped == [not span.context.trace_state for span in spans] and shaped.count(True) == 12
+    ours = _decode(encode_spans(spans))
+    stock = _decode(stock_encode(spans).SerializeToString())
+    for message in (ours, stock):
+        for scope_spans in message.resource_spans[0].scope_spans:
+            scope_spans.schema_url = ""
+            for span_message in scope_spans.spans:
+                span_message.flags = 0
+    assert ours == stock
+    # ... byte for byte what the general path writes.
+    fast = otlp._server_span
+    try:
+        otlp._server_span = lambda span: None  # type: ignore[assignment]
+        general = encode_spans(spans)
+    finally:
+        otlp._server_span = fast
+    assert encode_spans(spans) == general

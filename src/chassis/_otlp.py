@@ -27,6 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
+from ._spans import ServerSpan
+
 __all__ = ["LeanOTLPSpanExporter", "encode_spans"]
 
 log = logging.getLogger("chassis.tracing.export")
@@ -184,7 +186,78 @@ def _plain_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
     return span.attributes
 
 
+# A service's server spans come in few shapes (name, kind, attributes, status): the
+# encoded bytes around the ids and times are kept per shape. Bounded; exporter thread only.
+_HEADS: dict[tuple[str, int], bytes] = {}
+_TAILS: dict[tuple[Any, ...], bytes] = {}
+_SHAPES_MAX = 4096
+
+
+def _server_span(span: ServerSpan) -> bytes | None:
+    """:func:`_span` of a plain chassis server span from remembered parts; ``None`` for
+    a span with events, links, a trace state or a status description."""
+    context = span._own_context
+    status = span._status
+    if span._events or span._links or context.trace_state or status.description:
+        return None
+    attributes = span._plain
+    if span._dropped_attributes or span._dropped_events:
+        return None
+    parent = span._parent
+    remote = parent is not None and parent.is_remote
+    try:
+        # Types too: True == 1 == 1.0 as keys, not as OTLP values.
+        tail_key = (
+            tuple(attributes.items()),
+            tuple(map(type, attributes.values())),
+            status.status_code.value,
+            remote,
+        )
+        tail = _TAILS.get(tail_key)
+    except TypeError:  # an unhashable value
+        return None
+    if tail is None:
+        tail = (
+            _attributes(9, attributes)
+            + _B_STATUS[status.status_code.value]
+            + (_B_FLAGS_REMOTE if remote else _B_FLAGS_LOCAL)
+        )
+        if len(_TAILS) >= _SHAPES_MAX:
+            _TAILS.clear()
+        _TAILS[tail_key] = tail
+    kind = span._kind.value
+    head_key = (span._name, kind)
+    head = _HEADS.get(head_key)
+    if head is None:
+        name = span._name.encode()
+        head = _B_NAME + _varint(len(name)) + name + _B_KIND[kind]
+        if len(_HEADS) >= _SHAPES_MAX:
+            _HEADS.clear()
+        _HEADS[head_key] = head
+    parts = [
+        _B_TRACE_ID,
+        context.trace_id.to_bytes(16, "big"),
+        _B_SPAN_ID,
+        context.span_id.to_bytes(8, "big"),
+    ]
+    if parent is not None:
+        parts += (_B_PARENT_ID, parent.span_id.to_bytes(8, "big"))
+    parts += (
+        head,
+        _B_START,
+        _pack_fixed64(span._start_time or 0),
+        _B_END,
+        _pack_fixed64(span._end_time or 0),
+        tail,
+    )
+    return b"".join(parts)
+
+
 def _span(span: ReadableSpan) -> bytes:
+    if type(span) is ServerSpan:
+        encoded = _server_span(span)
+        if encoded is not None:
+            return encoded
     context = span.get_span_context()
     assert context is not None
     parent = span.parent

@@ -171,6 +171,7 @@ class ChassisJsonFormatter(JsonFormatter):
         self._encoder = JsonEncoder()
         # One encoder for every line: json.dumps() with options builds a new one per call.
         self._encode = json.JSONEncoder(ensure_ascii=False, default=self._encoder.default).encode
+        self._middles: dict[tuple[str, str, str, str | None, str | None, int], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         """One JSON object on one line.
@@ -219,10 +220,15 @@ class ChassisJsonFormatter(JsonFormatter):
         ``extra=dict(extras)``; ``extras`` must not repeat a fixed field's name.
         """
         ctx = _log_context.get()
-        defaults = self._defaults
         trace_id, span_id = _trace_ids()
         q = _quote
-        value = self._value
+        middle_key = (ctx.service, ctx.version, ctx.environment, module, function, line)
+        middle = self._middles.get(middle_key)
+        if middle is None:
+            middle = self._middle(ctx, module, function, line)
+            if len(self._middles) >= 256:
+                self._middles.clear()
+            self._middles[middle_key] = middle
         parts = [
             '{"timestamp": "',
             _utc_timestamp(created),
@@ -232,23 +238,7 @@ class ChassisJsonFormatter(JsonFormatter):
             q(logger),
             ', "message": ',
             q(message),
-            ', "service": ',
-            q(ctx.service or defaults.service),
-            ', "version": ',
-            q(ctx.version or defaults.version),
-            ', "environment": ',
-            q(ctx.environment or defaults.environment),
-            ', "host": ',
-            self._quoted_host,
-            ', "pid": ',
-            self._pid_text,
-            ', "module": ',
-            value(module),
-            ', "function": ',
-            value(function),
-            ', "line": ',
-            str(line),
-            ', "request_id": ',
+            middle,
             q(ctx.request_id),
             ', "trace_id": "',
             trace_id,
@@ -256,10 +246,38 @@ class ChassisJsonFormatter(JsonFormatter):
             span_id,
             '"',
         ]
+        value = self._value
         for key, item in extras:
             parts += (", ", q(key), ": ", value(item))
         parts.append("}")
         return "".join(parts)
+
+    def _middle(self, ctx: LogContext, module: str | None, function: str | None, line: int) -> str:
+        """The fields from ``service`` to the ``request_id`` key, which repeat line after
+        line for one service and call site (remembered by :meth:`compose`)."""
+        defaults = self._defaults
+        q = _quote
+        return "".join(
+            [
+                ', "service": ',
+                q(ctx.service or defaults.service),
+                ', "version": ',
+                q(ctx.version or defaults.version),
+                ', "environment": ',
+                q(ctx.environment or defaults.environment),
+                ', "host": ',
+                self._quoted_host,
+                ', "pid": ',
+                self._pid_text,
+                ', "module": ',
+                self._value(module),
+                ', "function": ',
+                self._value(function),
+                ', "line": ',
+                str(line),
+                ', "request_id": ',
+            ]
+        )
 
     def _value(self, item: Any) -> str:
         kind = type(item)
