@@ -137,7 +137,8 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over src/ (settings in pyproject)."""
-    session.install(*runtime_requirements(), *dev("mypy"))
+    # pytest and pytest-asyncio: the pytest plugin (chassis.pytest_plugin) is typed against them.
+    session.install(*runtime_requirements(), *dev("mypy", "pytest", "pytest-asyncio"))
     session.run("mypy", "--strict", *session.posargs)
 
 
