@@ -1,10 +1,13 @@
 """End-to-end benchmark: SimpleBank order sagas per second through the gateway.
 
 Customers sign up, log in and deposit through the gateway; then one worker per
-customer places orders (buy 1 VTI, then sell it, and so on) and polls
-``GET /orders/{id}`` until the order is FILLED or FAILED. A saga is *completed* when
-that terminal state is observed; its latency runs from the ``POST /orders`` to that
-observation (so it is rounded up to the poll interval). Two deployments:
+customer places orders (buy 1 VTI, then sell it, and so on) and follows each with
+waiting reads, ``GET /orders/{id}?version=V&wait_seconds=N``, which answer when the
+order changes (``--wait-seconds 0``: polls every ``--poll-interval`` instead), until
+it is FILLED or FAILED. A saga is *completed* when that terminal state is observed;
+its latency runs from the ``POST /orders`` to that observation. Each round also counts,
+from every service's ``/metrics``, the requests served (by service and route) and the
+event deliveries per saga. Two deployments:
 
 * ``embedded``: ``apps/simplebank_embedded.py``, the ten services and the exchange
   stand-in in one process with the demo's defaults (what ``python -m simplebank
@@ -95,6 +98,7 @@ class Round:
     failures: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_seconds: float | None = None
+    counts: dict[str, float] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
@@ -123,7 +127,21 @@ class Round:
             "server_cores": self.server_cpu_seconds / self.seconds
             if self.server_cpu_seconds is not None and self.seconds
             else None,
+            "requests_per_saga": self.per_saga(" event ", exclude=True),
+            "events_per_saga": self.per_saga(" event "),
+            "per_saga": {
+                key: round(value / self.completed, 2)
+                for key, value in sorted(self.counts.items())
+                if self.completed
+            },
         }
+
+    def per_saga(self, marker: str, *, exclude: bool = False) -> float | None:
+        """Counted samples whose key has (or, ``exclude``, lacks) ``marker``, per saga."""
+        if not self.completed or not self.counts:
+            return None
+        total = sum(v for k, v in self.counts.items() if (marker in k) != exclude)
+        return total / self.completed
 
 
 def percentile(ordered: Sequence[float], pct: float) -> float | None:
@@ -196,6 +214,7 @@ class Load:
     duration: float
     poll_interval: float
     order_timeout: float
+    wait_seconds: float = 0.0
 
 
 async def worker(customer: Customer, load: Load, result: Round, budget: list[int]) -> None:
@@ -220,10 +239,18 @@ async def worker(customer: Customer, load: Load, result: Round, budget: list[int
         give_up = started + load.order_timeout
         state = body["state"]
         while state not in TERMINAL and loop.time() < give_up:
-            await asyncio.sleep(load.poll_interval)
-            status, body = await customer.call("GET", path)
+            if load.wait_seconds:  # a waiting read: answers when the version moves on
+                wait = min(load.wait_seconds, max(0.0, give_up - loop.time()))
+                status, answer = await customer.call(
+                    "GET", f"{path}?version={body['version']}&wait_seconds={wait:.3f}"
+                )
+            else:
+                await asyncio.sleep(load.poll_interval)
+                status, answer = await customer.call("GET", path)
             if status == 200:
-                state = body["state"]
+                body, state = answer, answer["state"]
+            elif load.wait_seconds:
+                await asyncio.sleep(load.poll_interval)  # an error: do not spin on it
         if state not in TERMINAL:
             result.timed_out += 1
             continue
@@ -237,9 +264,41 @@ async def worker(customer: Customer, load: Load, result: Round, budget: list[int
             result.failures[why] = result.failures.get(why, 0) + 1
 
 
-async def run_round(customers: Sequence[Customer], load: Load, pids: Sequence[int]) -> Round:
+COUNTED = ("http_server_request_duration_seconds_count", "events_consumed_total")
+"""The /metrics samples counted per saga (requests served, event deliveries handled)."""
+
+
+async def scrape(session: aiohttp.ClientSession, urls: dict[str, str]) -> dict[str, float]:
+    """Requests served (by service, method, route) and events consumed, summed so far."""
+    counts: dict[str, float] = {}
+    for name, url in urls.items():
+        if name == "exchange":
+            continue
+        async with session.get(url + "/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            metric, _, rest = line.partition("{")
+            if metric not in COUNTED:
+                continue
+            labels, _, value = rest.rpartition("} ")
+            found = {k: v.strip('"') for k, _, v in (p.partition("=") for p in labels.split(","))}
+            if found.get("route") == "/metrics":
+                continue
+            if metric.startswith("http"):
+                key = f"{name} {found.get('method')} {found.get('route')}"
+            else:
+                key = f"{name} event {found.get('type')}"
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
+
+
+async def run_round(
+    customers: Sequence[Customer], load: Load, pids: Sequence[int], urls: dict[str, str]
+) -> Round:
     result = Round()
     budget = [load.orders]
+    session = customers[0].session
+    counts_before = await scrape(session, urls)
     cpu_before = cpu_seconds(pids)
     started = time.perf_counter()
     await asyncio.gather(*(worker(c, load, result, budget) for c in customers))
@@ -247,27 +306,38 @@ async def run_round(customers: Sequence[Customer], load: Load, pids: Sequence[in
     cpu_after = cpu_seconds(pids)
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_seconds = cpu_after - cpu_before
+    counts_after = await scrape(session, urls)
+    for key, value in counts_after.items():
+        if value - counts_before.get(key, 0.0) > 0:
+            result.counts[key] = value - counts_before.get(key, 0.0)
     return result
 
 
 async def drive(
-    gateway: str, pids: Sequence[int], *, customers: int, rounds: int, load: Load, warmup: int
+    urls: dict[str, str],
+    pids: Sequence[int],
+    *,
+    customers: int,
+    rounds: int,
+    load: Load,
+    warmup: int,
 ) -> list[Round]:
     """Set the customers up, warm up, then run ``rounds`` measured rounds."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=load.order_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        people = [Customer(session, gateway, n) for n in range(customers)]
+        people = [Customer(session, urls["gateway"], n) for n in range(customers)]
         for start in range(0, customers, SETUP_CONCURRENCY):
             batch = people[start : start + SETUP_CONCURRENCY]
             await asyncio.gather(*(c.setup() for c in batch))
         print(f"  {customers} customers ready; warming up", flush=True)
         if warmup:
-            await run_round(people, Load(warmup, load.duration, load.poll_interval, 60.0), pids)
+            warm = Load(warmup, load.duration, load.poll_interval, 60.0, load.wait_seconds)
+            await run_round(people, warm, pids, urls)
         results = []
         for n in range(rounds):
             print(f"  round {n + 1} of {rounds}", flush=True)
-            results.append(await run_round(people, load, pids))
+            results.append(await run_round(people, load, pids, urls))
         return results
 
 
@@ -330,8 +400,8 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def embedded(work: Path) -> AsyncIterator[tuple[str, list[int], dict[str, Any]]]:
-    """The demo's one-process bank; yields gateway URL, server pids, a dict for its verdict."""
+async def embedded(work: Path) -> AsyncIterator[tuple[dict[str, str], list[int], dict[str, Any]]]:
+    """The demo's one-process bank; yields its URLs, server pids, a dict for its verdict."""
     verdict: dict[str, Any] = {}
     log = work / "embedded.log"
     with children() as procs, log.open("wb") as err:
@@ -346,7 +416,7 @@ async def embedded(work: Path) -> AsyncIterator[tuple[str, list[int], dict[str, 
         if not line:
             raise BenchError("the embedded bank did not start:\n" + log.read_text()[-3000:])
         urls = json.loads(line)["urls"]
-        yield urls["gateway"], [proc.pid], verdict
+        yield urls, [proc.pid], verdict
         proc.terminate()
         out = await asyncio.to_thread(_read_rest, proc.stdout)
         verdict.update(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
@@ -451,12 +521,12 @@ def service_env(name: str, data: Path, consul: str, amqp: str, secret: str) -> d
 @contextlib.asynccontextmanager
 async def multiprocess(
     work: Path, amqp_url: str | None
-) -> AsyncIterator[tuple[str, list[int], dict[str, Any]]]:
-    """One process per service; yields gateway URL, server pids, a dict for the verdict."""
+) -> AsyncIterator[tuple[dict[str, str], list[int], dict[str, Any]]]:
+    """One process per service; yields their URLs, server pids, a dict for the verdict."""
     verdict: dict[str, Any] = {}
     with children() as procs:
         urls, pids = await asyncio.to_thread(start_services, work, amqp_url, procs)
-        yield urls["gateway"], pids, verdict
+        yield urls, pids, verdict
         verdict.update(await _settled_invariants(urls))
 
 
@@ -515,14 +585,16 @@ async def _settled_invariants(urls: dict[str, str]) -> dict[str, Any]:
 
 
 async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    load = Load(args.orders, args.duration, args.poll_interval, args.order_timeout)
+    load = Load(
+        args.orders, args.duration, args.poll_interval, args.order_timeout, args.wait_seconds
+    )
     with tempfile.TemporaryDirectory(prefix=f"saga-bench-{mode}-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # the broker's user must reach its directory under it
         deployment = embedded(work) if mode == "embedded" else multiprocess(work, args.amqp_url)
-        async with deployment as (gateway, pids, verdict):
+        async with deployment as (urls, pids, verdict):
             rounds = await drive(
-                gateway,
+                urls,
                 pids,
                 customers=args.customers,
                 rounds=args.rounds,
@@ -543,6 +615,8 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 "p99_ms",
                 "server_cpu_ms_per_saga",
                 "server_cores",
+                "requests_per_saga",
+                "events_per_saga",
             )
         },
         "totals": {
@@ -565,7 +639,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def report(result: dict[str, Any]) -> str:
     head = (
         f"{'mode':<13}{'round':>6}{'sagas/s':>9}{'FILLED':>8}{'FAILED':>8}{'rejected':>9}"
-        f"{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/saga':>12}{'cores':>7}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/saga':>12}{'cores':>7}{'req/saga':>9}"
     )
     lines = [head, "-" * len(head)]
     for mode in result["modes"]:
@@ -579,6 +653,7 @@ def report(result: dict[str, Any]) -> str:
                 f"{_fmt(rejected, 'd'):>9}{_fmt(r['p50_ms'], '.0f'):>9}"
                 f"{_fmt(r['p99_ms'], '.0f'):>9}{_fmt(r['server_cpu_ms_per_saga'], '.1f'):>12}"
                 f"{_fmt(r['server_cores'], '.2f'):>7}"
+                f"{_fmt(r['requests_per_saga'], '.1f'):>9}"
             )
         held = "held" if not mode["violations"] else f"BROKEN: {mode['violations']}"
         lines.append(f"{'':<13}invariants {held}; timed out: {mode['totals']['timed_out']}")
@@ -637,10 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="orders before the measured rounds (default 200)",
     )
     parser.add_argument(
+        "--wait-seconds",
+        type=_bounded(0, 10, float),
+        default=10.0,
+        help="follow an order with waiting reads, GET /orders/{id}?version=V&wait_seconds=N,"
+        " that answer when it changes (default 10); 0: poll every --poll-interval instead",
+    )
+    parser.add_argument(
         "--poll-interval",
         type=_bounded(0.001, 5.0, float),
         default=0.05,
-        help="seconds between two GET /orders/{id} of one order (default 0.05)",
+        help="with --wait-seconds 0, seconds between two GET /orders/{id} (default 0.05)",
     )
     parser.add_argument(
         "--order-timeout",

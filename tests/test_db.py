@@ -75,6 +75,26 @@ async def test_transaction_rolls_back_when_the_block_raises(db: Database) -> Non
     assert await db.fetchall("SELECT * FROM accounts") == []
 
 
+async def test_a_failing_first_statement_rolls_back_and_frees_the_writer(db: Database) -> None:
+    # BEGIN goes with the first statement: when that statement fails, the transaction
+    # it opened is still rolled back.
+    with pytest.raises(sqlite3.IntegrityError):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO entries VALUES (?, ?)", (1, "no such account"))
+    with pytest.raises(sqlite3.IntegrityError):  # noqa: PT012
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO accounts VALUES (?, ?)", ("a", 10))
+            await tx.fetchall("SELECT * FROM accounts")
+            await tx.execute("INSERT INTO accounts VALUES (?, ?)", ("a", 20))
+    async with db.transaction() as tx:
+        pass  # runs nothing and publishes nothing: nothing to commit
+    async with db.transaction() as tx:
+        rows = await tx.fetchall("SELECT * FROM accounts")
+        assert rows == []
+        await tx.execute("INSERT INTO accounts VALUES (?, ?)", ("b", 5))
+    assert [tuple(r) for r in await db.fetchall("SELECT * FROM accounts")] == [("b", 5)]
+
+
 async def test_reads_outside_a_transaction_see_only_committed_data(db: Database) -> None:
     async with db.transaction() as tx:
         await tx.execute("INSERT INTO accounts VALUES (?, ?)", ("a", 10))

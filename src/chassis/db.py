@@ -127,6 +127,42 @@ def _fetch_one(conn: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Ro
         cursor.close()
 
 
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _begin_then(conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Open the write transaction and run its first statement: one trip, not two."""
+    conn.execute("BEGIN IMMEDIATE")
+    return fn(conn, *args)
+
+
+_INSERT_OUTBOX = "INSERT INTO chassis_outbox (event_id, type, body, created_at) VALUES (?, ?, ?, ?)"
+
+
+def _commit(conn: sqlite3.Connection, begun: bool, outbox: list[Params]) -> None:
+    """Write the outbox rows and commit, beginning first if no statement did: one trip."""
+    if not begun:
+        conn.execute("BEGIN IMMEDIATE")
+    if outbox:
+        conn.executemany(_INSERT_OUTBOX, outbox).close()
+    conn.execute("COMMIT")
+
+
+def _mark_and_count(conn: sqlite3.Connection, sent_at: float, first: int, last: int) -> int:
+    """Mark sent the pending rows ``first..last``; how many rows are still pending."""
+    conn.execute(
+        "UPDATE chassis_outbox SET sent_at = ? WHERE sent_at IS NULL AND seq BETWEEN ? AND ?",
+        (sent_at, first, last),
+    ).close()
+    row = _fetch_one(conn, "SELECT count(*) FROM chassis_outbox WHERE sent_at IS NULL", ())
+    return int(row[0]) if row is not None else 0
+
+
 async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(sqlite3_connection, *args)`` on ``conn``'s thread: one trip there and back.
 
@@ -139,33 +175,46 @@ async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: 
 
 
 class Transaction:
-    """One write transaction. Get it from :meth:`Database.transaction`."""
+    """One write transaction. Get it from :meth:`Database.transaction`.
 
-    __slots__ = ("_conn", "_db", "_outbox")
+    ``BEGIN IMMEDIATE`` goes with the first statement and ``COMMIT`` with the outbox
+    rows, so a transaction of one statement costs two trips to the connection's thread
+    (a trip, not the statement, is most of the cost of a small query).
+    """
+
+    __slots__ = ("_begun", "_conn", "_db", "_outbox")
 
     def __init__(self, db: Database, conn: aiosqlite.Connection) -> None:
         self._db = db
         self._conn = conn
         self._outbox: list[Event] = []
+        self._begun = False
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._begun:
+            return await _in_thread(self._conn, fn, *args)
+        self._begun = True  # even if the statement fails after BEGIN: roll back then
+        return await _in_thread(self._conn, _begin_then, fn, *args)
 
     async def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement."""
-        result: Result = await _in_thread(self._conn, _run_one, sql, params)
+        result: Result = await self._run(_run_one, sql, params)
         return result
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> Result:
         """Run one statement once per parameter set."""
-        result: Result = await _in_thread(self._conn, _run_many, sql, list(rows))
+        result: Result = await self._run(_run_many, sql, list(rows))
         return result
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         """The first row of a query, or None; sees this transaction's own writes."""
-        row: sqlite3.Row | None = await _in_thread(self._conn, _fetch_one, sql, params)
+        row: sqlite3.Row | None = await self._run(_fetch_one, sql, params)
         return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Every row of a query; sees this transaction's own writes."""
-        return list(await self._conn.execute_fetchall(sql, params))
+        rows: list[sqlite3.Row] = await self._run(_fetch_all, sql, params)
+        return rows
 
     def publish(
         self,
@@ -206,16 +255,21 @@ class Transaction:
         self._outbox.append(event)
         return event
 
-    async def _flush_outbox(self) -> int:
-        if not self._outbox:
+    async def _commit(self) -> int:
+        """Write the outbox and commit (nothing to do if nothing was run or published)."""
+        if not self._begun and not self._outbox:
             return 0
         now = time.time()
-        rows = [(e.id, e.type, encode(e)[0], now) for e in self._outbox]
-        await self._conn.executemany(
-            "INSERT INTO chassis_outbox (event_id, type, body, created_at) VALUES (?, ?, ?, ?)",
-            rows,
-        )
+        rows: list[Params] = [(e.id, e.type, encode(e)[0], now) for e in self._outbox]
+        begun, self._begun = self._begun, True
+        await _in_thread(self._conn, _commit, begun, rows)
+        self._begun = False
         return len(rows)
+
+    async def _rollback(self) -> None:
+        if self._begun:
+            self._begun = False
+            await _in_thread(self._conn, _run_one, "ROLLBACK", ())
 
 
 class Database:
@@ -423,15 +477,13 @@ class Database:
             conn = self._conn("writer")
             token = _in_transaction.set(self)
             try:
-                await conn.execute("BEGIN IMMEDIATE")
                 tx = Transaction(self, conn)
                 try:
                     yield tx
-                    published = await tx._flush_outbox()
-                    await conn.execute("COMMIT")
+                    published = await tx._commit()
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
+                        await tx._rollback()
                     raise
                 if published:
                     # Counted under the lock, so the relay's recount cannot miss or
@@ -532,13 +584,11 @@ class Database:
                     sent += 1
             finally:
                 # What was published is marked even when a later row fails: one
-                # statement for the batch, not one per row.
+                # statement for the batch, not one per row, in the trip that recounts
+                # the backlog (rows committed meanwhile, or by another process).
                 await self._mark_sent(done)
-            if len(rows) < batch:
+            if not self.outbox_backlog:
                 break
-        if self.outbox_backlog:
-            # Rows committed meanwhile, or written by another process: count again.
-            await self._count_pending()
         return sent
 
     async def _mark_sent(self, seqs: Sequence[int]) -> None:
@@ -549,14 +599,9 @@ class Database:
             conn = self._conn("writer")
             # Pending rows are taken in ``seq`` order and new rows get higher ``seq``s,
             # so no pending row lies between two of ``seqs`` that is not one of them.
-            marked: Result = await _in_thread(
-                conn,
-                _run_one,
-                "UPDATE chassis_outbox SET sent_at = ? "
-                "WHERE sent_at IS NULL AND seq BETWEEN ? AND ?",
-                (time.time(), seqs[0], seqs[-1]),
+            self.outbox_backlog = await _in_thread(
+                conn, _mark_and_count, time.time(), seqs[0], seqs[-1]
             )
-            self.outbox_backlog = max(0, self.outbox_backlog - marked.rowcount)
 
     async def _prune(self) -> None:
         async with self._lock:

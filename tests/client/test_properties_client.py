@@ -167,6 +167,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        WALL.now = 1000.0  # every example (and its replays) starts at the same time
         self.loop = asyncio.new_event_loop()
         self.upstream = Upstream()
         self.reported: list[CircuitState] = []

@@ -10,7 +10,14 @@ from pathlib import Path
 import jwt
 import pytest
 from simplebank import customers
-from simplebank.auth import TokenError, hash_password, issue_token, verify_password, verify_token
+from simplebank.auth import (
+    TokenError,
+    VerifiedTokens,
+    hash_password,
+    issue_token,
+    verify_password,
+    verify_token,
+)
 from simplebank.common import AuthSettings, BankSettings
 from simplebank.services import Bank
 
@@ -50,6 +57,24 @@ def test_tampered_or_foreign_tokens_are_refused() -> None:
     ):
         with pytest.raises(TokenError):
             verify_token(bad, AUTH)
+
+
+def test_verified_tokens_are_remembered_until_they_expire_and_bounded() -> None:
+    tokens = VerifiedTokens(AUTH, max_tokens=2)
+    token = issue_token("c1", AUTH)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert tokens.verify(token) == "c1" and tokens.verify(token) == "c1"
+    assert len(tokens) == 1
+    with pytest.raises(TokenError, match="expired"):
+        tokens.verify(token, now=exp)  # a remembered token is refused once it expires
+    assert len(tokens) == 0
+    head, payload, signature = issue_token("c2", AUTH).split(".")
+    for _ in range(2):  # an invalid token is never remembered
+        with pytest.raises(TokenError):
+            tokens.verify(f"{head}.{payload}.{signature[:-2]}AA")
+    for n in range(3):
+        assert tokens.verify(issue_token(f"c{n}", AUTH)) == f"c{n}"
+    assert len(tokens) == 2
 
 
 @pytest.mark.parametrize("secret", [None, "too short"])

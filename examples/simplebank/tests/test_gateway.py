@@ -165,6 +165,23 @@ async def test_shares_buy_is_the_books_route_for_a_buy(anna: Customer) -> None:
     assert (await anna.wait_order(placed["order_id"]))["state"] == "FILLED"
 
 
+async def test_a_waiting_read_follows_an_order_to_its_end_through_the_gateway(
+    anna: Customer,
+) -> None:
+    await anna.deposit(100_000)
+    order = await anna.ok(
+        "POST", "/orders", json={"side": "buy", "symbol": "BND", "quantity": 1}, status=202
+    )
+    for _ in range(6):  # one read per state change: four of them
+        if order["state"] in ("FILLED", "FAILED"):
+            break
+        path = f"/orders/{order['order_id']}?version={order['version']}&wait_seconds=10"
+        order = await anna.ok("GET", path)
+    assert order["state"] == "FILLED" and order["version"] == 5, order
+    status, body = await anna.call("GET", f"/orders/{order['order_id']}?wait_seconds=99")
+    assert status == 422 and body["type"] == PROBLEM_BASE + "invalid-wait"
+
+
 async def test_exchange_outage_fails_the_order_releases_cash_and_notifies(
     anna: Customer, exchange: Exchange
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from simplebank.common import PROBLEM_BASE, new_id
 from simplebank.exchange import Exchange
 from simplebank.services import Bank
@@ -94,3 +96,32 @@ async def test_quotes_come_from_the_exchange_and_survive_an_outage(
     assert (await alice.call("market", "GET", "/quotes/VTI"))[1]["price_cents"] == 25000
     status, body = await alice.call("market", "GET", "/quotes/BND")  # never fetched
     assert status == 503 and body["type"] == PROBLEM_BASE + "exchange-unavailable"
+
+
+async def test_an_attempt_racing_a_refused_one_answers_the_fill_the_exchange_made(
+    alice: Client, bank: Bank, exchange: Exchange
+) -> None:
+    """Two attempts with one key: the exchange refuses the first and fills the second."""
+    oid = new_id()
+    exchange.upstream.latency_seconds = 0.5
+    first = asyncio.ensure_future(
+        alice.call("market", "POST", "/exchange-orders", json=place_body(oid))
+    )
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 30
+    while exchange.upstream.in_flight < 1:  # the first attempt is at the exchange
+        assert loop.time() < give_up and not first.done()
+        await asyncio.sleep(0.01)
+    exchange.upstream.script(409)  # what the exchange answers the first to wake
+    second = await alice.call("market", "POST", "/exchange-orders", json=place_body(oid))
+    assert (await first)[0] == 409
+    exchange.upstream.latency_seconds = 0
+    assert oid in exchange.fills()
+    status, body = second
+    assert status == 201 and body["status"] == "FILLED", body
+    assert body["exchange_order_id"] == exchange.fills()[oid]["exchange_order_id"]
+    status, again = await alice.call("market", "POST", "/exchange-orders", json=place_body(oid))
+    assert (status, again["exchange_order_id"]) == (200, body["exchange_order_id"])
+    # As a saga compensating a refused place does: the cancel reaches the fill.
+    status, _ = await alice.call("market", "POST", f"/exchange-orders/{oid}/cancel", json={})
+    assert status == 200 and oid not in exchange.fills()

@@ -73,7 +73,8 @@ async def test_operations_declare_bodies_tokens_and_path_parameters(anna: Custom
     assert paths["/portfolio"]["get"]["security"] == [{"bearer": []}]
     assert "401" in paths["/portfolio"]["get"]["responses"]
     order = paths["/orders/{order_id}"]["get"]
-    assert [p["name"] for p in order["parameters"]] == ["order_id"]
+    assert [p["name"] for p in order["parameters"]] == ["order_id", "version", "wait_seconds"]
+    assert order["parameters"][2]["schema"]["maximum"] == 10  # orders' MAX_WAIT_SECONDS
     assert order["responses"]["404"]["content"]["application/problem+json"]
     ids = [op["operationId"] for item in paths.values() for op in item.values()]
     assert len(ids) == len(set(ids))

@@ -334,3 +334,50 @@ async def test_a_failed_fee_step_refunds_cancels_and_releases_newest_first(
             await rest.settle()
             report = await check_invariants(rest.urls | {"fees": fees.urls["fees"]}, exchange)
             assert not report.violations, report.violations
+
+
+async def test_a_waiting_read_answers_each_time_the_order_moves_on(
+    alice: Client, bank: Bank, exchange: Exchange
+) -> None:
+    await alice.deposit(1_000_000)
+    await alice.call("market", "GET", "/quotes/VTI")
+    exchange.upstream.latency_seconds = 0.3  # the order sits RESERVED for a while
+    status, order = await alice.call(
+        "orders", "POST", "/orders", json={"side": "buy", "symbol": "VTI", "quantity": 1}
+    )
+    assert status == 202, order
+    seen = [order["version"]]
+    for _ in range(6):  # one read per state change: four of them
+        path = f"/orders/{order['order_id']}?version={order['version']}&wait_seconds=10"
+        status, order = await alice.call("orders", "GET", path)
+        assert status == 200, order
+        seen.append(order["version"])
+        if order["state"] in ("FILLED", "FAILED"):
+            break
+    assert order["state"] == "FILLED", order
+    assert seen == sorted(set(seen)) and len(seen) <= 5, seen
+    # A settled order never changes again: the read answers it as it is.
+    path = f"/orders/{order['order_id']}?version={order['version']}&wait_seconds=10"
+    assert await alice.call("orders", "GET", path) == (200, order)
+    # Without a version, the wait starts from the version read first.
+    status, again = await alice.call("orders", "GET", f"/orders/{order['order_id']}?wait_seconds=1")
+    assert (status, again) == (200, order)
+
+
+async def test_a_waiting_read_refuses_bad_parameters(alice: Client, bank: Bank) -> None:
+    await alice.deposit(1_000_000)
+    order = await alice.order("buy", "BND", 1)
+    base = f"/orders/{order['order_id']}"
+    for query in (
+        "wait_seconds=abc",
+        "wait_seconds=-1",
+        "wait_seconds=11",
+        "wait_seconds=nan",
+        "wait_seconds=1&version=0",
+        "wait_seconds=1&version=x",
+    ):
+        status, body = await alice.call("orders", "GET", f"{base}?{query}")
+        assert status == 422, (query, body)
+        assert body["type"].startswith(PROBLEM_BASE + "invalid-"), body
+    status, _ = await alice.call("orders", "GET", f"/orders/{new_id()}?wait_seconds=5&version=1")
+    assert status == 404

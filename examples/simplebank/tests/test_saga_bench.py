@@ -34,6 +34,8 @@ def test_help_exits_0_and_names_the_flags() -> None:
         "--duration",
         "--rounds",
         "--quick",
+        "--wait-seconds",
+        "--poll-interval",
         "--json",
     ):
         assert flag in proc.stdout
@@ -72,3 +74,9 @@ def test_quick_run_completes_sagas_and_writes_its_json(tmp_path: Path) -> None:
     assert mode["totals"]["timed_out"] == 0
     assert mode["median"]["sagas_per_second"] > 0
     assert "sagas/s" in proc.stdout
+    # Requests and event deliveries per saga, counted from the services' /metrics.
+    (measured,) = mode["rounds"]
+    per_saga = measured["per_saga"]
+    assert per_saga["gateway POST /orders"] >= 1
+    assert per_saga["orders event order_created"] >= 1
+    assert mode["median"]["requests_per_saga"] > mode["median"]["events_per_saga"] > 0

@@ -145,17 +145,16 @@ async def post(tx: Transaction, kind: str, ref: str, postings: Sequence[Posting]
         "INSERT INTO ledger_entries (txn_id, account, asset, amount) VALUES (?, ?, ?, ?)",
         [(txn, account, asset, amount) for account, asset, amount in moves],
     )
-    for account, asset, amount in moves:
-        # UPDATE first: an upsert would check the CHECK constraint on the bare delta.
-        updated = await tx.execute(
-            "UPDATE balances SET amount = amount + ? WHERE account = ? AND asset = ?",
-            (amount, account, asset),
-        )
-        if updated.rowcount == 0:
-            await tx.execute(
-                "INSERT INTO balances (account, asset, amount) VALUES (?, ?, ?)",
-                (account, asset, amount),
-            )
+    # Missing balances start at 0, then every move is applied: two statements whatever
+    # the number of moves (an upsert would check the CHECK constraint on the bare delta).
+    await tx.executemany(
+        "INSERT OR IGNORE INTO balances (account, asset, amount) VALUES (?, ?, 0)",
+        [(account, asset) for account, asset, _ in moves],
+    )
+    await tx.executemany(
+        "UPDATE balances SET amount = amount + ? WHERE account = ? AND asset = ?",
+        [(amount, account, asset) for account, asset, amount in moves],
+    )
 
 
 async def balance(tx: Transaction, account: str, asset: str) -> int:
@@ -167,12 +166,11 @@ async def balance(tx: Transaction, account: str, asset: str) -> int:
 
 async def bump(tx: Transaction, customer: str) -> int:
     """Increment the customer's balance version; return the new one."""
-    await tx.execute(
+    row = await tx.fetchone(
         "INSERT INTO customers (customer_id, version) VALUES (?, 1) "
-        "ON CONFLICT (customer_id) DO UPDATE SET version = version + 1",
+        "ON CONFLICT (customer_id) DO UPDATE SET version = version + 1 RETURNING version",
         (customer,),
     )
-    row = await tx.fetchone("SELECT version FROM customers WHERE customer_id = ?", (customer,))
     assert row is not None
     return int(row["version"])
 

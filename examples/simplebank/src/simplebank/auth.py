@@ -27,6 +27,7 @@ from .common import AuthSettings
 __all__ = [
     "AUDIENCE",
     "TokenError",
+    "VerifiedTokens",
     "hash_password",
     "issue_token",
     "secret_of",
@@ -116,6 +117,11 @@ def verify_token(token: str, auth: AuthSettings) -> str:
         TokenError: the token is malformed, not signed with the key, expired, or not
             issued for SimpleBank.
     """
+    return _verified(token, auth)[0]
+
+
+def _verified(token: str, auth: AuthSettings) -> tuple[str, int]:
+    """The customer id and expiry time of a valid token (see :func:`verify_token`)."""
     try:
         claims = jwt.decode(
             token,
@@ -132,4 +138,42 @@ def verify_token(token: str, auth: AuthSettings) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str):
         raise TokenError("the token has no subject")
-    return subject
+    return subject, int(claims["exp"])
+
+
+class VerifiedTokens:
+    """:func:`verify_token` with a memory of the tokens it found valid, until they expire.
+
+    A customer sends the same token with every request; checking its signature and
+    claims each time costs more than a dictionary lookup. Only valid tokens are kept
+    (an invalid one is checked again every time), each with its ``exp``: a kept token
+    is refused from the second it expires, as :func:`verify_token` would. At most
+    ``max_tokens`` are kept; the oldest is dropped first.
+    """
+
+    def __init__(self, auth: AuthSettings, max_tokens: int = 10_000) -> None:
+        self.auth = auth
+        self.max_tokens = max_tokens
+        self._valid: dict[str, tuple[str, int]] = {}  # token -> (customer id, exp)
+
+    def __len__(self) -> int:
+        return len(self._valid)
+
+    def verify(self, token: str, now: float | None = None) -> str:
+        """The customer id of a valid token.
+
+        Raises:
+            TokenError: as :func:`verify_token`.
+        """
+        moment = time.time() if now is None else now
+        kept = self._valid.get(token)
+        if kept is not None:
+            if moment < kept[1]:
+                return kept[0]
+            del self._valid[token]
+            raise TokenError("the token has expired")
+        customer, exp = _verified(token, self.auth)
+        if len(self._valid) >= self.max_tokens:
+            del self._valid[next(iter(self._valid))]
+        self._valid[token] = (customer, exp)
+        return customer

@@ -28,7 +28,7 @@ from chassis.client import Fallback, Response, ServiceClient
 from chassis.exceptions import UpstreamError
 
 from . import graphql_api, openapi
-from .auth import TokenError, secret_of, verify_token
+from .auth import TokenError, VerifiedTokens, secret_of
 from .common import (
     CUSTOMER_HEADER,
     PROBLEM_BASE,
@@ -44,9 +44,12 @@ __all__ = ["ROUTES", "create"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 _SYMBOL = re.compile(r"[A-Z][A-Z0-9.]{0,9}").fullmatch
+_WAIT = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?").fullmatch
 _KEY = re.compile(r"[\x21-\x7e]{1,128}").fullmatch  # visible ASCII: safe to forward and store
 _DEPOSITS = uuid.UUID("5d1e0c8a-3f4b-4b8e-9a51-0c2d9e7f6b10")  # namespace of derived deposit ids
 _FORWARDED_QUERY = ("limit", "state")
+WAIT_CAP_SECONDS = 10.0  # orders' MAX_WAIT_SECONDS: longer waits are refused there
+WAIT_SLACK_SECONDS = 5.0  # on top of a waiting read's wait: the ordinary call timeout
 
 ROUTES = [
     ("POST", "/signup", "sign up: {email, password, name}"),
@@ -158,9 +161,13 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
     def auth() -> BankSettings:
         return bank_settings_from(service.settings)
 
+    tokens: VerifiedTokens | None = None  # made at start, from the settings then in force
+
     @service.lifespan
     async def check_secret(app: web.Application) -> AsyncIterator[None]:
+        nonlocal tokens
         secret_of(auth().auth)  # a missing key fails the start, not the first request
+        tokens = VerifiedTokens(auth().auth)
         yield
 
     def identity(request: web.Request) -> str:
@@ -171,7 +178,8 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
             auth_failures.labels("missing").inc()
             raise _unauthenticated("an 'Authorization: Bearer <token>' header is required")
         try:
-            customer = verify_token(token.strip(), auth().auth)
+            assert tokens is not None  # requests come after the start
+            customer = tokens.verify(token.strip())
         except TokenError as exc:
             auth_failures.labels("expired" if "expired" in str(exc) else "invalid").inc()
             raise _unauthenticated(str(exc)) from None
@@ -306,7 +314,20 @@ def create(*, settings: ChassisSettings | None = None) -> Service:
     async def get_order(request: web.Request) -> web.Response:
         customer = identity(request)
         path = f"/orders/{_id(request, 'order_id')}"
-        return _relay(await call(request, orders, "GET", path, customer=customer))
+        params = {k: request.query[k] for k in ("wait_seconds", "version") if k in request.query}
+        if "wait_seconds" not in params:
+            return _relay(await call(request, orders, "GET", path, customer=customer))
+        # A waiting read (orders checks the values): the call outlasts the wait.
+        wait = params["wait_seconds"]
+        budget = WAIT_SLACK_SECONDS + (min(float(wait), WAIT_CAP_SECONDS) if _WAIT(wait) else 0)
+        answer = await orders.get(
+            path,
+            params=params,
+            headers={"Accept": "application/json", CUSTOMER_HEADER: customer},
+            timeout=budget,
+            deadline=budget,
+        )
+        return _relay(answer)
 
     # -- portfolio: API composition ----------------------------------------------------
     @service.get("/portfolio")

@@ -151,6 +151,9 @@ def create(
         async with db.transaction() as tx:
             row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
             if row is not None:
+                # PLACING: an earlier attempt with this key is in flight, or died with
+                # the process; asking the exchange again with the same key is safe and
+                # gets the one outcome the exchange has for it.
                 if row["status"] == "FILLED":
                     return web.json_response(order_json(row), status=200)
                 if row["status"] in ("CANCEL_PENDING", "CANCELLED"):
@@ -201,13 +204,20 @@ def create(
                     "WHERE order_id = ? AND status = 'PLACING'",
                     (kind, now(), oid),
                 )
+                row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
+            if row is not None and row["status"] == "FILLED":
+                # Another attempt with this key filled it meanwhile: its answer stands.
+                return web.json_response(order_json(row), status=200)
             orders_total.labels(body.side, "rejected").inc()
             raise problem(422 if kind == "unknown-symbol" else 409, kind, response.text())
         fill = response.json()
         async with db.transaction() as tx:
+            # The exchange's fill is the truth: it wins over a refusal another attempt
+            # with this key recorded (a cancel, if one was asked, still reaches it).
             updated = await tx.execute(
                 "UPDATE exchange_orders SET status = 'FILLED', exchange_order_id = ?, "
-                "price_cents = ?, updated_at = ? WHERE order_id = ? AND status = 'PLACING'",
+                "price_cents = ?, reason = NULL, updated_at = ? "
+                "WHERE order_id = ? AND status IN ('PLACING', 'REJECTED')",
                 (fill["exchange_order_id"], fill["price_cents"], now(), oid),
             )
             if updated.rowcount == 1:
@@ -223,7 +233,9 @@ def create(
                     },
                     key=oid,
                 )
-        row = await fetch(oid)
+            # Read in the transaction that wrote it: the answer is decided on the
+            # latest state, never on a read that may predate the fill.
+            row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
         assert row is not None
         if row["status"] != "FILLED":
             # Cancelled while we were placing it: the cancel reaches the exchange too.

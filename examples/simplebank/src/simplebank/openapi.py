@@ -298,7 +298,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         refusals={409: "not enough shares, or the Idempotency-Key used for another order"},
     ),
     ("GET", "/orders"): Operation({200: OrderList}, query=("state", "limit")),
-    ("GET", "/orders/{order_id}"): Operation({200: OrderOut}),
+    ("GET", "/orders/{order_id}"): Operation({200: OrderOut}, query=("version", "wait_seconds")),
     ("GET", "/portfolio"): Operation({200: PortfolioOut}),
     ("GET", "/instruments"): Operation({200: InstrumentList}, auth=False),
     ("GET", "/instruments/{symbol}"): Operation({200: InstrumentOut}, auth=False),
@@ -330,6 +330,20 @@ _EXTRA_SUMMARIES = {
 _QUERY = {
     "state": {"type": "string", "description": "only orders in this state"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 100, "description": "at most"},
+    "version": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 999_999_999,
+        "description": "with wait_seconds: the version the client has (default: the current one)",
+    },
+    "wait_seconds": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 10,
+        "multipleOf": 0.001,
+        "description": "wait up to this long for the order's version to differ from version "
+        "(answers at once when it does, or the order is FILLED or FAILED)",
+    },
     "symbols": {
         "type": "string",
         "pattern": r"^[A-Z][A-Z0-9.]{0,9}(,[A-Z][A-Z0-9.]{0,9})*$",

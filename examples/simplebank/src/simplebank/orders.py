@@ -14,18 +14,21 @@ idempotent by order id::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
 
 from chassis import ChassisSettings, Service, read_json
-from chassis.client import ServiceClient
+from chassis.client import ServiceClient, remaining_seconds
 from chassis.db import Database
 from chassis.events import Event
 from chassis.exceptions import UpstreamError
@@ -47,7 +50,7 @@ from .common import (
     query_limit,
 )
 
-__all__ = ["SCHEMA", "TERMINAL", "create"]
+__all__ = ["MAX_WAIT_SECONDS", "SCHEMA", "TERMINAL", "create"]
 
 log = logging.getLogger("simplebank.orders")
 
@@ -84,6 +87,18 @@ CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, created_ts
 
 TERMINAL = frozenset({"FILLED", "FAILED"})
 """States an order never leaves."""
+
+MAX_WAIT_SECONDS = 10.0
+"""Longest ``GET /orders/{order_id}?wait_seconds=`` a client may ask for."""
+
+RECHECK_SECONDS = 1.0
+"""A waiting read rereads the order this often (another replica may have moved it)."""
+
+DEADLINE_MARGIN_SECONDS = 0.5
+"""A waiting read answers this long before the caller's deadline."""
+
+_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?").fullmatch
+_VERSION = re.compile(r"[1-9][0-9]{0,8}").fullmatch
 
 SLIPPAGE_PERCENT = 5
 """A buy is limited to the quote plus this much (a sell to the quote minus this much)."""
@@ -158,11 +173,62 @@ async def command(
     return response.json()
 
 
+class Watchers:
+    """Readers waiting for an order to change (``GET /orders/{id}?wait_seconds=``)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Future[sqlite3.Row]]] = {}
+
+    def changed(self, row: sqlite3.Row) -> None:
+        """Hand ``row``, an order's newly committed state, to every reader waiting on it."""
+        for waiter in self._waiting.pop(row["order_id"], ()):
+            if not waiter.done():
+                waiter.set_result(row)
+
+    async def read(
+        self,
+        order_id: str,
+        read: Callable[[], Awaitable[sqlite3.Row]],
+        version: int | None,
+        wait_seconds: float,
+    ) -> sqlite3.Row:
+        """The order once its version is not ``version`` (or it is settled, or time is up).
+
+        ``read()`` reads the order (and checks whose it is): first, then every
+        :data:`RECHECK_SECONDS` while nothing wakes this reader. ``version`` None means
+        the version read first. The reader is registered before each read, so a change
+        committed in between still reaches it.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_seconds
+        row: sqlite3.Row | None = None
+        while True:
+            waiter: asyncio.Future[sqlite3.Row] = loop.create_future()
+            self._waiting.setdefault(order_id, set()).add(waiter)
+            try:
+                if row is None:
+                    row = await read()
+                if version is None:
+                    version = row["version"]
+                left = give_up - loop.time()
+                if row["version"] != version or row["state"] in TERMINAL or left <= 0:
+                    return row
+                await asyncio.wait((waiter,), timeout=min(left, RECHECK_SECONDS))
+                row = waiter.result() if waiter.done() else None
+            finally:
+                waiting = self._waiting.get(order_id)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiting[order_id]
+
+
 class Saga:
     """Runs the next step of an order, or its compensations."""
 
     def __init__(self, service: Service, db: Database) -> None:
         self.db = db
+        self.watchers = Watchers()
         self.accounts = service.client("accounts")
         self.market = service.client("market")
         self.fees = service.client("fees")
@@ -311,8 +377,11 @@ class Saga:
         undo = {"reserve": [], "place": ["release"], "charge": ["cancel", "release"]}.get(
             step, ["refund", "cancel", "release"]
         )
-        if not failure.definite:
-            # It may have happened after all: its own compensation runs first.
+        if not failure.definite or step == "place":
+            # It may have happened after all: its own compensation runs first. A place
+            # is always cancelled: a refusal answers one attempt, and another attempt
+            # with the same key may have filled it; cancelling an order the exchange
+            # never filled leaves a tombstone that refuses a late one.
             undo = [{"reserve": "release", "place": "cancel", "charge": "refund"}[step], *undo]
         log.info(
             "order %s failed at %s: %s",
@@ -401,12 +470,12 @@ class Saga:
         changes = dict(changes or {})
         columns = "".join(f", {name} = ?" for name in changes)
         async with self.db.transaction() as tx:
-            result = await tx.execute(
+            new = await tx.fetchone(
                 f"UPDATE orders SET state = ?, version = version + 1, updated_at = ?{columns} "
-                "WHERE order_id = ? AND version = ?",
+                "WHERE order_id = ? AND version = ? RETURNING *",
                 (state, now(), *changes.values(), row["order_id"], row["version"]),
             )
-            if result.rowcount != 1:
+            if new is None:
                 return False
             tx.publish(
                 event_type,
@@ -422,6 +491,7 @@ class Saga:
                 },
                 key=row["order_id"],
             )
+        self.watchers.changed(new)
         log.info(
             "order %s is %s",
             row["order_id"],
@@ -518,6 +588,21 @@ def create(
         oid = new_id()
         stamp = now()
         async with db.transaction() as tx:
+            if key is not None:
+                # Checked again in the transaction: an attempt with this key that was
+                # in flight during the check above may have stored the order since.
+                row = await tx.fetchone(
+                    "SELECT * FROM orders WHERE customer_id = ? AND idempotency_key = ?",
+                    (customer, key),
+                )
+                if row is not None:
+                    if (row["side"], row["symbol"], row["quantity"]) != (
+                        body.side,
+                        body.symbol,
+                        body.quantity,
+                    ):
+                        raise problem(409, "conflict", "Idempotency-Key reused for another order")
+                    return web.json_response(order_json(row), status=200)
             await tx.execute(
                 "INSERT INTO orders (order_id, customer_id, side, symbol, quantity, state, "
                 "version, limit_price_cents, reserved_asset, reserved_amount, idempotency_key, "
@@ -567,7 +652,25 @@ def create(
 
     @service.get("/orders/{order_id}")
     async def get_order(request: web.Request) -> web.Response:
-        return web.json_response(order_json(await owned(request)))
+        wait = request.query.get("wait_seconds")
+        if wait is None:
+            return web.json_response(order_json(await owned(request)))
+        if not _NUMBER(wait) or float(wait) > MAX_WAIT_SECONDS:
+            raise problem(422, "invalid-wait", f"wait_seconds must be 0..{MAX_WAIT_SECONDS:g}")
+        seen = request.query.get("version")
+        if seen is not None and not _VERSION(seen):
+            raise problem(422, "invalid-version", "version must be a positive integer")
+        seconds = float(wait)
+        left = remaining_seconds()
+        if left is not None:  # answer before the caller gives up, not after
+            seconds = min(seconds, max(0.0, left - DEADLINE_MARGIN_SECONDS))
+        row = await saga.watchers.read(
+            request.match_info["order_id"],
+            lambda: owned(request),
+            None if seen is None else int(seen),
+            seconds,
+        )
+        return web.json_response(order_json(row))
 
     @service.get("/orders")
     async def list_orders(request: web.Request) -> web.Response:

@@ -8,12 +8,23 @@ twice. Each order's quantity is the largest whose reservation (quantity x the bu
 limit, quote + 5 %, plus the fee) fits its share of the amount; what is left over stays
 cash. Strategies follows orders' ``order_filled`` / ``order_failed`` events to report
 how each investment ended.
+
+A call to orders that got no answer (a timeout, a 5xx other than 503) has an unknown
+outcome: orders may have accepted the order. The allocation is then ``UNCONFIRMED``
+(shown ``PENDING``, without an order id), never ``REJECTED``, and a background
+reconciler sends the same request again, with the same ``Idempotency-Key``, until
+orders answers: with the order it already has (200), the order it accepts now (202),
+or a refusal (4xx).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +53,8 @@ from .orders import SLIPPAGE_PERCENT
 
 __all__ = ["SCHEMA", "create"]
 
+log = logging.getLogger("simplebank.strategies")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS strategies (
     strategy_id TEXT PRIMARY KEY,
@@ -68,7 +81,8 @@ CREATE TABLE IF NOT EXISTS investment_orders (
     budget_cents  INTEGER NOT NULL,
     quantity      INTEGER NOT NULL,
     order_id      TEXT,
-    status        TEXT NOT NULL CHECK (status IN ('PLACED', 'REJECTED', 'SKIPPED')),
+    status        TEXT NOT NULL CHECK (status IN
+                    ('PLACED', 'UNCONFIRMED', 'REJECTED', 'SKIPPED')),
     reason        TEXT,
     PRIMARY KEY (investment_id, symbol)
 );
@@ -118,9 +132,17 @@ def _investment_state(orders: list[dict[str, Any]]) -> str:
 
 
 def create(
-    *, settings: ChassisSettings | None = None, database: str | Path | None = None
+    *,
+    settings: ChassisSettings | None = None,
+    database: str | Path | None = None,
+    reconcile_interval_seconds: float = 2.0,
 ) -> Service:
-    """The strategies service."""
+    """The strategies service.
+
+    Args:
+        reconcile_interval_seconds: how often orders whose placing got no answer are
+            sent again (same ``Idempotency-Key``) to learn their outcome.
+    """
     service, db = make_service("strategies", schema=SCHEMA, settings=settings, database=database)
     orders = service.client("orders")
     market = service.client("market")
@@ -172,7 +194,12 @@ def create(
         )
         placed = []
         for o in rows:
-            state = (o["outcome"] or "PENDING") if o["status"] == "PLACED" else o["status"]
+            if o["status"] == "PLACED":
+                state = o["outcome"] or "PENDING"
+            elif o["status"] == "UNCONFIRMED":
+                state = "PENDING"  # orders may have it: the reconciler finds out
+            else:
+                state = o["status"]
             placed.append(
                 {
                     "symbol": o["symbol"],
@@ -264,10 +291,15 @@ def create(
                     "Idempotency-Key": f"investment-{investment}-{symbol}",
                 },
             )
-        except UpstreamError:
-            return {"status": "REJECTED", "reason": "orders-unavailable"}
+        except UpstreamError as exc:
+            # No answer: orders may have accepted it. Unknown, not refused.
+            log.info("placing %s of investment %s is unconfirmed: %s", symbol, investment, exc)
+            return {"status": "UNCONFIRMED"}
         if response.status in (200, 202):
             return {"status": "PLACED", "order_id": response.json()["order_id"]}
+        if response.status >= 500 and response.status != 503:
+            # 500, 502, 504: the request may have been applied (503: it was not served).
+            return {"status": "UNCONFIRMED"}
         return {"status": "REJECTED", "reason": problem_kind(response)}
 
     @service.post("/strategies/{strategy_id}/investments")
@@ -333,6 +365,60 @@ def create(
             await investment_json(row), status=202, headers={"Location": f"/investments/{iid}"}
         )
 
+    async def reconcile_once() -> int:
+        """Send each unconfirmed order again; how many are still unconfirmed."""
+        rows = await db.fetchall(
+            "SELECT o.investment_id, o.symbol, o.budget_cents, o.quantity, i.customer_id "
+            "FROM investment_orders o JOIN investments i ON i.investment_id = o.investment_id "
+            "WHERE o.status = 'UNCONFIRMED' ORDER BY i.created_at LIMIT 100"
+        )
+        for row in rows:
+            outcome = await place(
+                row["customer_id"], row["investment_id"], row["symbol"], row["quantity"]
+            )
+            if outcome["status"] == "UNCONFIRMED":
+                continue
+            async with db.transaction() as tx:
+                updated = await tx.execute(
+                    "UPDATE investment_orders SET status = ?, order_id = ?, reason = ? "
+                    "WHERE investment_id = ? AND symbol = ? AND status = 'UNCONFIRMED'",
+                    (
+                        outcome["status"],
+                        outcome.get("order_id"),
+                        outcome.get("reason"),
+                        row["investment_id"],
+                        row["symbol"],
+                    ),
+                )
+            if updated.rowcount == 1 and outcome["status"] == "PLACED":
+                invested_cents.inc(row["budget_cents"])
+        left = await db.fetchone(
+            "SELECT count(*) AS n FROM investment_orders WHERE status = 'UNCONFIRMED'"
+        )
+        return int(left["n"]) if left is not None else 0
+
+    @service.lifespan
+    async def reconciler(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(reconcile_interval_seconds)
+                try:
+                    await reconcile_once()
+                except Exception:
+                    log.exception("reconciling unconfirmed investment orders failed")
+
+        task = asyncio.get_running_loop().create_task(loop(), name="strategies-reconciler")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @service.post("/internal/reconcile")
+    async def reconcile(request: web.Request) -> web.Response:
+        return web.json_response({"unconfirmed_orders": await reconcile_once()})
+
     @service.get("/strategies/{strategy_id}/investments")
     async def list_investments(request: web.Request) -> web.Response:
         strategy = await owned_strategy(customer_id(request), request.match_info["strategy_id"])
@@ -362,11 +448,16 @@ def create(
             "SELECT o.order_id FROM investment_orders o LEFT JOIN order_outcomes x "
             "ON x.order_id = o.order_id WHERE o.status = 'PLACED' AND x.order_id IS NULL"
         )
+        unconfirmed = await db.fetchall(
+            "SELECT investment_id, symbol FROM investment_orders WHERE status = 'UNCONFIRMED'"
+        )
         return web.json_response(
             {
                 "strategies": int(counts["strategies"]) if counts else 0,
                 "investments": int(counts["investments"]) if counts else 0,
-                "orders_without_outcome": [row["order_id"] for row in pending],
+                # An unconfirmed order is listed by its idempotency key (no id yet).
+                "orders_without_outcome": [row["order_id"] for row in pending]
+                + [f"investment-{r['investment_id']}-{r['symbol']}" for r in unconfirmed],
             }
         )
 
