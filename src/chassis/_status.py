@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 __all__ = ["StatusError", "Unauthorized", "fetch", "render", "watch"]
@@ -109,24 +110,44 @@ def _flatten(value: Any, prefix: str, rows: list[tuple[str, Any]]) -> list[tuple
     return rows
 
 
+def _when(value: Any) -> Any:
+    """A wall-clock timestamp (seconds) as UTC ISO 8601, like the status page."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        try:
+            return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, OSError, ValueError):
+            pass
+    return value
+
+
+def _of(value: Any, limit: Any) -> str:
+    return f"{_cell(value)}/{_cell(limit)}"
+
+
 def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
-    """The state as titled plain-text tables (settings only when asked)."""
+    """The state as titled plain-text tables (settings only when asked).
+
+    Every field of the ``/_chassis`` answer is shown (the status page shows a part
+    of them), so a terminal sees all a browser does.
+    """
     out: list[str] = []
 
     def section(title: str, body: str) -> None:
         out.append(f"{title}\n{body}\n")
 
-    s = data.get("service", {})
+    s = data.get("service") or {}
     section(
         f"{_cell(s.get('name'))} {_cell(s.get('version'))}",
         table(
-            ["instance", "environment", "uptime (s)", "pid", "chassis"],
+            ["instance", "environment", "started at", "uptime (s)", "pid", "python", "chassis"],
             [
                 [
                     s.get("instance_id"),
                     s.get("environment"),
+                    _when(s.get("started_at")),
                     s.get("uptime_seconds"),
                     s.get("pid"),
+                    s.get("python"),
                     s.get("chassis"),
                 ]
             ],
@@ -137,123 +158,243 @@ def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
     section(
         "Event loop and HTTP",
         table(
-            ["loop lag (s)", "max lag (s)", "requests in flight"],
-            [[loop.get("lag_seconds"), loop.get("max_lag_seconds"), http.get("in_flight")]],
+            ["lag (s)", "max lag (s)", "allowed (s)", "probed every (s)", "requests in flight"],
+            [
+                [
+                    loop.get("lag_seconds"),
+                    loop.get("max_lag_seconds"),
+                    loop.get("max_allowed_seconds"),
+                    loop.get("interval_seconds"),
+                    http.get("in_flight"),
+                ]
+            ],
         ),
     )
     health = data.get("health") or {}
-    checks = health.get("checks") or {}
-    rows = []
-    for name, check in checks.items():
+    rows: list[list[Any]] = []
+    for name, check in (health.get("checks") or {}).items():
         last = check.get("last") or {}
         rows.append(
             [
                 name,
                 check.get("critical"),
+                check.get("probes"),
                 last.get("status", "not run yet"),
                 last.get("duration_ms"),
                 last.get("error"),
+                _when(last.get("at")),
             ]
         )
     section(
-        f"Readiness (started: {_cell(health.get('started'))}, "
+        f"Readiness checks (started: {_cell(health.get('started'))}, "
         f"draining: {_cell(health.get('draining'))})",
-        table(["check", "critical", "last", "ms", "error"], rows),
-    )
-    clients = data.get("clients") or []
-    rows = []
-    for client in clients:
-        bulkhead = client.get("bulkhead", {})
-        budget = client.get("retry_budget", {})
-        instances = client.get("instances") or [{}]
-        for position, inst in enumerate(instances):
-            first = position == 0
-            circuit = inst.get("circuit")
-            rows.append(
-                [
-                    client.get("name") if first else "",
-                    inst.get("id"),
-                    inst.get("url"),
-                    _STATE_MARKS.get(circuit, circuit) if circuit else None,
-                    inst.get("failures"),
-                    (
-                        f"{bulkhead.get('active')}/{bulkhead.get('max_concurrency')}"
-                        f" (+{bulkhead.get('waiting')} waiting)"
-                        if first
-                        else ""
-                    ),
-                    client.get("in_flight") if first else "",
-                    (
-                        f"{_cell(budget.get('available'))}/{_cell(budget.get('allowance'))}"
-                        if first
-                        else ""
-                    ),
-                ]
-            )
-    section(
-        "Upstream clients",
         table(
-            [
-                "client",
-                "instance",
-                "url",
-                "circuit",
-                "fails",
-                "bulkhead",
-                "in flight",
-                "retry budget",
-            ],
+            ["check", "critical", "probes", "last status", "duration (ms)", "error", "checked at"],
             rows,
-        )
-        if rows
-        else "(none yet)",
+        ),
     )
+    _clients(data.get("clients") or [], section)
     rl = data.get("ratelimit")
     if rl:
-        section(
-            "Rate limiting and shedding",
-            table(
-                ["enabled", "admitted in flight", "shedding now", "decisions"],
-                [[rl.get("enabled"), rl.get("in_flight"), rl.get("shedding"), rl.get("decisions")]],
-            ),
-        )
+        _ratelimit(rl, section)
     disc = data.get("discovery")
     if disc:
-        reg = disc.get("registration") or {}
-        cache = (disc.get("cache") or {}).get("services") or {}
-        rows = [
-            [name, w.get("instances"), w.get("cache_age_seconds"), w.get("watch")]
-            for name, w in cache.items()
-        ]
-        registration = " ".join(str(reg[k]) for k in ("id", "state") if reg.get(k)) or "none"
-        section(
-            f"Discovery ({_cell(disc.get('backend'))}; registration: {_cell(registration)})",
-            table(["service", "instances", "cache age (s)", "watch"], rows),
-        )
+        _discovery(disc, section)
     events = data.get("events")
     if events:
-        section(
-            f"Events ({_cell(events.get('backend'))})",
-            table(
-                ["connected", "consuming", "handlers", "outbox", "queued", "dead letters"],
-                [
-                    [
-                        events.get("connected"),
-                        events.get("consuming"),
-                        events.get("handlers_in_flight"),
-                        events.get("outbox_backlog"),
-                        events.get("queued"),
-                        events.get("dead_letters"),
-                    ]
-                ],
-            ),
-        )
+        _events(events, section)
     if settings:
         section(
             "Settings (secrets redacted)",
             table(["setting", "value"], _flatten(data.get("settings") or {}, "", [])),
         )
     return "\n".join(out)
+
+
+_Section = Callable[[str, str], None]
+
+
+def _clients(clients: Sequence[Mapping[str, Any]], section: _Section) -> None:
+    if not clients:
+        section("Upstream clients", "(none yet)")
+        return
+    summary, budgets, instances = [], [], []
+    for client in clients:
+        name = client.get("name")
+        b = client.get("bulkhead") or {}
+        summary.append(
+            [
+                name,
+                client.get("state"),
+                client.get("in_flight"),
+                _of(b.get("active"), b.get("max_concurrency")),
+                _of(b.get("waiting"), b.get("max_queue")),
+                b.get("rejected"),
+                client.get("retries"),
+            ]
+        )
+        r = client.get("retry_budget") or {}
+        budgets.append(
+            [
+                name,
+                f"{_cell(r.get('available'))} of {_cell(r.get('allowance'))}",
+                r.get("exhausted"),
+                r.get("retries"),
+                r.get("requests"),
+                r.get("window_seconds"),
+                r.get("ratio"),
+            ]
+        )
+        for i in client.get("instances") or []:
+            circuit = i.get("circuit")
+            instances.append(
+                [
+                    name,
+                    i.get("id"),
+                    i.get("url"),
+                    _STATE_MARKS.get(circuit, circuit) if isinstance(circuit, str) else circuit,
+                    i.get("failures"),
+                    i.get("retry_after_seconds"),
+                    i.get("outstanding"),
+                ]
+            )
+    section(
+        "Upstream clients",
+        table(
+            ["client", "state", "in flight", "bulkhead", "queue", "rejected", "retries"], summary
+        ),
+    )
+    section(
+        "Retry budgets",
+        table(
+            ["client", "available", "exhausted", "retries", "requests", "window (s)", "ratio"],
+            budgets,
+        ),
+    )
+    section(
+        "Upstream instances",
+        table(
+            ["client", "instance", "url", "circuit", "failures", "retry after (s)", "outstanding"],
+            instances,
+        )
+        if instances
+        else "(none seen yet)",
+    )
+
+
+def _ratelimit(rl: Mapping[str, Any], section: _Section) -> None:
+    section(
+        "Rate limiting and shedding",
+        table(
+            ["enabled", "active", "admitted in flight", "shedding now", "decisions"],
+            [
+                [
+                    rl.get("enabled"),
+                    rl.get("active"),
+                    rl.get("in_flight"),
+                    rl.get("shedding"),
+                    rl.get("decisions"),
+                ]
+            ],
+        ),
+    )
+    policies = rl.get("policies") or []
+    if policies:
+        fields = ("name", "rate_per_second", "burst", "keys", "in_flight", "max_in_flight",
+                  "waiting", "priority")  # fmt: skip
+        section(
+            "Rate-limit policies",
+            table(
+                ["policy", "rate/s", "burst", "keys", "in flight", "max", "waiting", "priority"],
+                [[p.get(k) for k in fields] for p in policies],
+            ),
+        )
+    shared = rl.get("shared") or []
+    if shared:
+        section(
+            "Shared limits (Redis)",
+            table(
+                ["limit", "using redis", "fallbacks"],
+                [[n, x.get("using_redis"), x.get("fallbacks")] for n, x in enumerate(shared, 1)],
+            ),
+        )
+
+
+def _discovery(disc: Mapping[str, Any], section: _Section) -> None:
+    reg = disc.get("registration")
+    section(
+        f"Discovery ({_cell(disc.get('backend'))})",
+        table(
+            ["self-register", "registration", "address", "state"],
+            [
+                [
+                    disc.get("self_register"),
+                    reg.get("id") if reg else "not registered",
+                    f"{_cell(reg.get('address'))}:{_cell(reg.get('port'))}" if reg else None,
+                    reg.get("state") if reg else None,
+                ]
+            ],
+        ),
+    )
+    cache = disc.get("cache")
+    if cache:
+        where = " at ".join(_cell(cache.get(k)) for k in ("backend", "addr") if k in cache)
+        section(
+            f"Discovery cache ({where})",
+            table(
+                ["service", "instances", "cache age (s)", "watch", "errors"],
+                [
+                    [
+                        name,
+                        w.get("instances"),
+                        w.get("cache_age_seconds"),
+                        w.get("watch"),
+                        w.get("consecutive_errors"),
+                    ]
+                    for name, w in (cache.get("services") or {}).items()
+                ],
+            ),
+        )
+
+
+def _events(events: Mapping[str, Any], section: _Section) -> None:
+    section(
+        f"Events ({_cell(events.get('backend'))})",
+        table(
+            [
+                "running",
+                "connected",
+                "consuming",
+                "handlers in flight",
+                "outbox backlog",
+                "queued",
+                "dead letters",
+            ],
+            [
+                [
+                    events.get("running"),
+                    events.get("connected"),
+                    events.get("consuming"),
+                    events.get("handlers_in_flight"),
+                    events.get("outbox_backlog"),
+                    events.get("queued"),
+                    events.get("dead_letters"),
+                ]
+            ],
+        ),
+    )
+    subscriptions = events.get("subscriptions") or []
+    if subscriptions:
+        section(
+            "Event subscriptions",
+            table(
+                ["source", "type", "handler", "idempotent", "max attempts"],
+                [
+                    [x.get(k) for k in ("source", "type", "handler", "idempotent", "max_attempts")]
+                    for x in subscriptions
+                ],
+            ),
+        )
 
 
 def watch(

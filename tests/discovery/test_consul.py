@@ -228,6 +228,27 @@ async def test_resolving_with_nothing_cached_while_consul_is_down_raises() -> No
     await registry.aclose()  # idempotent
 
 
+@pytest.mark.parametrize(
+    ("addr", "shown"),
+    [
+        ("http://bank:consul-pw-SECRET@127.0.0.1:9", "http://127.0.0.1:9"),
+        ("http://:consul-pw-SECRET@127.0.0.1:9/", "http://127.0.0.1:9/"),
+        ("http://bank:consul%40pw-SECRET@[::1]:9", "http://[::1]:9"),
+        ("http://127.0.0.1:9", "http://127.0.0.1:9"),
+    ],
+)
+async def test_the_snapshot_shows_the_agent_address_without_credentials(
+    addr: str, shown: str
+) -> None:
+    registry = ConsulRegistry(addr=addr, metrics_registry=CollectorRegistry())
+    try:
+        snapshot = registry.snapshot()
+    finally:
+        await registry.aclose()
+    assert snapshot["addr"] == shown
+    assert "SECRET" not in repr(snapshot)
+
+
 async def _serve_until(service: Service, stop: asyncio.Event, box: list[RunningService]) -> None:
     async with service.running("127.0.0.1", 0) as running:
         box.append(running)

@@ -115,8 +115,9 @@ class ServiceProcess:
         consul_token: str | None = None,
         timeout: float = READY_TIMEOUT_SECONDS,
     ) -> None:
-        """Until ``/health/ready`` answers 200 and, with ``consul``, Consul lists this
-        instance with a passing check (bounded by ``timeout``).
+        """Until ``/health/ready`` answers ``pass`` (every check, the broker's included)
+        and, with ``consul``, Consul lists this instance with a passing check (bounded
+        by ``timeout``).
 
         Raises:
             RuntimeError: the process exited, or it is not ready in time.
@@ -142,7 +143,10 @@ class ServiceProcess:
     ) -> bool:
         try:
             async with session.get(self.url + "/health/ready") as response:
-                if response.status != 200:
+                # "pass", not just 200: a "degraded" service is ready without its broker
+                # (non-critical), and events published before its queue is bound on the
+                # broker's first start are not routed to it.
+                if response.status != 200 or (await response.json())["status"] != "pass":
                     return False
             if consul is None:
                 return True

@@ -49,6 +49,7 @@ from chassis import _compat
 from chassis.config import DiscoverySettings
 from chassis.discovery.base import DiscoveryError, Instance, Registration
 from chassis.exceptions import ConfigError, LifecycleError
+from chassis.introspection import scrub
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -460,7 +461,7 @@ class ConsulRegistry:
                 ),
                 "consecutive_errors": watch.consecutive_errors,
             }
-        return {"backend": "consul", "addr": _without_userinfo(self.addr), "services": services}
+        return {"backend": "consul", "addr": scrub(self.addr), "services": services}
 
     # -- lifecycle ----------------------------------------------------------------
     def _ensure_open(self) -> None:
@@ -482,15 +483,6 @@ class ConsulRegistry:
             async with watch.changed:
                 watch.changed.notify_all()
         await self._client.http.close()
-
-
-def _without_userinfo(url: str) -> str:
-    from yarl import URL
-
-    try:
-        return str(URL(url).with_user(None))
-    except ValueError:
-        return "(unparsable)"
 
 
 def _backoff_delays(
