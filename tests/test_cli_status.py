@@ -13,6 +13,7 @@ from aiohttp import web
 from chassis import Service
 from chassis._status import render
 from chassis.cli import main
+from chassis.testing import FaultyUpstream
 
 from .test_introspection import TOKEN, assert_no_secret, secret_settings
 
@@ -96,19 +97,8 @@ async def full_state(upstream_url: str) -> dict[str, Any]:
 
 
 async def test_every_field_of_the_state_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        data = await full_state(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    finally:
-        await runner.cleanup()
+    async with FaultyUpstream(name="ledger") as ledger:
+        data = await full_state(ledger.url)
     # Every section the endpoint answers (the page shows a part of each) is there.
     assert {k for k, v in data.items() if v} == {
         "service", "health", "event_loop", "http", "ratelimit", "clients", "discovery",

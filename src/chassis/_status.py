@@ -124,6 +124,11 @@ def _of(value: Any, limit: Any) -> str:
     return f"{_cell(value)}/{_cell(limit)}"
 
 
+def _records(items: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A table of ``items``, one row each, from ``(header, key)`` columns."""
+    return table([h for h, _ in columns], [[item.get(k) for _, k in columns] for item in items])
+
+
 def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
     """The state as titled plain-text tables (settings only when asked).
 
@@ -138,18 +143,16 @@ def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
     s = data.get("service") or {}
     section(
         f"{_cell(s.get('name'))} {_cell(s.get('version'))}",
-        table(
-            ["instance", "environment", "started at", "uptime (s)", "pid", "python", "chassis"],
+        _records(
+            [{**s, "started_at": _when(s.get("started_at"))}],
             [
-                [
-                    s.get("instance_id"),
-                    s.get("environment"),
-                    _when(s.get("started_at")),
-                    s.get("uptime_seconds"),
-                    s.get("pid"),
-                    s.get("python"),
-                    s.get("chassis"),
-                ]
+                ("instance", "instance_id"),
+                ("environment", "environment"),
+                ("started at", "started_at"),
+                ("uptime (s)", "uptime_seconds"),
+                ("pid", "pid"),
+                ("python", "python"),
+                ("chassis", "chassis"),
             ],
         ),
     )
@@ -157,16 +160,14 @@ def render(data: Mapping[str, Any], *, settings: bool = False) -> str:
     http = data.get("http") or {}
     section(
         "Event loop and HTTP",
-        table(
-            ["lag (s)", "max lag (s)", "allowed (s)", "probed every (s)", "requests in flight"],
+        _records(
+            [{**loop, "in_flight": http.get("in_flight")}],
             [
-                [
-                    loop.get("lag_seconds"),
-                    loop.get("max_lag_seconds"),
-                    loop.get("max_allowed_seconds"),
-                    loop.get("interval_seconds"),
-                    http.get("in_flight"),
-                ]
+                ("lag (s)", "lag_seconds"),
+                ("max lag (s)", "max_lag_seconds"),
+                ("allowed (s)", "max_allowed_seconds"),
+                ("probed every (s)", "interval_seconds"),
+                ("requests in flight", "in_flight"),
             ],
         ),
     )
@@ -285,28 +286,33 @@ def _clients(clients: Sequence[Mapping[str, Any]], section: _Section) -> None:
 def _ratelimit(rl: Mapping[str, Any], section: _Section) -> None:
     section(
         "Rate limiting and shedding",
-        table(
-            ["enabled", "active", "admitted in flight", "shedding now", "decisions"],
+        _records(
+            [rl],
             [
-                [
-                    rl.get("enabled"),
-                    rl.get("active"),
-                    rl.get("in_flight"),
-                    rl.get("shedding"),
-                    rl.get("decisions"),
-                ]
+                ("enabled", "enabled"),
+                ("active", "active"),
+                ("admitted in flight", "in_flight"),
+                ("shedding now", "shedding"),
+                ("decisions", "decisions"),
             ],
         ),
     )
     policies = rl.get("policies") or []
     if policies:
-        fields = ("name", "rate_per_second", "burst", "keys", "in_flight", "max_in_flight",
-                  "waiting", "priority")  # fmt: skip
         section(
             "Rate-limit policies",
-            table(
-                ["policy", "rate/s", "burst", "keys", "in flight", "max", "waiting", "priority"],
-                [[p.get(k) for k in fields] for p in policies],
+            _records(
+                policies,
+                [
+                    ("policy", "name"),
+                    ("rate/s", "rate_per_second"),
+                    ("burst", "burst"),
+                    ("keys", "keys"),
+                    ("in flight", "in_flight"),
+                    ("max", "max_in_flight"),
+                    ("waiting", "waiting"),
+                    ("priority", "priority"),
+                ],
             ),
         )
     shared = rl.get("shared") or []
@@ -360,26 +366,16 @@ def _discovery(disc: Mapping[str, Any], section: _Section) -> None:
 def _events(events: Mapping[str, Any], section: _Section) -> None:
     section(
         f"Events ({_cell(events.get('backend'))})",
-        table(
+        _records(
+            [events],
             [
-                "running",
-                "connected",
-                "consuming",
-                "handlers in flight",
-                "outbox backlog",
-                "queued",
-                "dead letters",
-            ],
-            [
-                [
-                    events.get("running"),
-                    events.get("connected"),
-                    events.get("consuming"),
-                    events.get("handlers_in_flight"),
-                    events.get("outbox_backlog"),
-                    events.get("queued"),
-                    events.get("dead_letters"),
-                ]
+                ("running", "running"),
+                ("connected", "connected"),
+                ("consuming", "consuming"),
+                ("handlers in flight", "handlers_in_flight"),
+                ("outbox backlog", "outbox_backlog"),
+                ("queued", "queued"),
+                ("dead letters", "dead_letters"),
             ],
         ),
     )
