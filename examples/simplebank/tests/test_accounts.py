@@ -103,6 +103,21 @@ async def test_reserve_beyond_the_balance_is_refused(alice: Client, bank: Bank) 
     assert (await alice.balances())["cash"] == {"available_cents": 1_000, "reserved_cents": 0}
 
 
+async def test_a_refused_reserve_holds_nothing_and_can_be_asked_again(
+    alice: Client, bank: Bank
+) -> None:
+    await alice.deposit(1_000)
+    oid = new_id()
+    assert (await reserve(alice, oid, "USD", 1_500))[0] == 409
+    status, _ = await alice.call("accounts", "GET", f"/reservations/{oid}")
+    assert status == 404
+    await alice.deposit(1_000)
+    status, held = await reserve(alice, oid, "USD", 1_500)
+    assert (status, held["state"]) == (201, "HELD")
+    assert (await alice.balances())["cash"] == {"available_cents": 500, "reserved_cents": 1_500}
+    assert (await release(alice, oid))[0] == 200
+
+
 async def test_release_returns_the_money_once_and_blocks_a_settle(
     alice: Client, bank: Bank
 ) -> None:

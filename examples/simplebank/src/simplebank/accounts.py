@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     asset    TEXT NOT NULL,
     amount   INTEGER NOT NULL
 );
+-- A ledger entry is applied to its balance as it is written, in its statement: a
+-- missing balance starts at 0 (an upsert would check the CHECK on the bare delta).
+CREATE TRIGGER IF NOT EXISTS ledger_entries_apply AFTER INSERT ON ledger_entries
+BEGIN
+    INSERT OR IGNORE INTO balances (account, asset, amount) VALUES (NEW.account, NEW.asset, 0);
+    UPDATE balances SET amount = amount + NEW.amount
+        WHERE account = NEW.account AND asset = NEW.asset;
+END;
 CREATE TABLE IF NOT EXISTS customers (
     customer_id TEXT PRIMARY KEY,
     version     INTEGER NOT NULL
@@ -127,6 +135,9 @@ Posting = tuple[str, str, int]
 async def post(tx: Transaction, kind: str, ref: str, postings: Sequence[Posting]) -> None:
     """Write one balanced ledger transaction and apply it to the balances.
 
+    Two statements, whatever the number of moves: the transaction, then its entries
+    (the ``ledger_entries_apply`` trigger applies each entry to its balance).
+
     Raises:
         ValueError: the postings do not sum to zero per asset (a bug).
     """
@@ -140,20 +151,9 @@ async def post(tx: Transaction, kind: str, ref: str, postings: Sequence[Posting]
         (kind, ref, now()),
     )
     txn = result.lastrowid
-    moves = [(account, asset, amount) for account, asset, amount in postings if amount]
     await tx.executemany(
         "INSERT INTO ledger_entries (txn_id, account, asset, amount) VALUES (?, ?, ?, ?)",
-        [(txn, account, asset, amount) for account, asset, amount in moves],
-    )
-    # Missing balances start at 0, then every move is applied: two statements whatever
-    # the number of moves (an upsert would check the CHECK constraint on the bare delta).
-    await tx.executemany(
-        "INSERT OR IGNORE INTO balances (account, asset, amount) VALUES (?, ?, 0)",
-        [(account, asset) for account, asset, _ in moves],
-    )
-    await tx.executemany(
-        "UPDATE balances SET amount = amount + ? WHERE account = ? AND asset = ?",
-        [(amount, account, asset) for account, asset, amount in moves],
+        [(txn, account, asset, amount) for account, asset, amount in postings if amount],
     )
 
 
@@ -206,16 +206,20 @@ def create(
     )
 
     async def balances_of(customer: str) -> dict[str, Any]:
+        # One query, so one snapshot: the version and the balances agree. At least one
+        # row (the balance columns are NULL when the customer has none).
         rows = await db.fetchall(
-            "SELECT account, asset, amount FROM balances WHERE account IN (?, ?)",
-            (available(customer), reserved(customer)),
+            "SELECT c.version, b.account, b.asset, b.amount FROM (SELECT ? AS customer_id) k "
+            "LEFT JOIN customers c ON c.customer_id = k.customer_id "
+            "LEFT JOIN balances b ON b.account IN (?, ?)",
+            (customer, available(customer), reserved(customer)),
         )
-        version_row = await db.fetchone(
-            "SELECT version FROM customers WHERE customer_id = ?", (customer,)
-        )
+        version = rows[0]["version"]
         cash = {"available_cents": 0, "reserved_cents": 0}
         positions: dict[str, dict[str, Any]] = {}
         for row in rows:
+            if row["account"] is None:
+                continue
             which = "available" if row["account"] == available(customer) else "reserved"
             if row["asset"] == USD:
                 cash[f"{which}_cents"] = row["amount"]
@@ -226,7 +230,7 @@ def create(
                 pos[which] = row["amount"]
         return {
             "customer_id": customer,
-            "version": int(version_row["version"]) if version_row is not None else 0,
+            "version": int(version) if version is not None else 0,
             "cash": cash,
             "positions": [
                 p for _, p in sorted(positions.items()) if p["available"] or p["reserved"]
@@ -283,11 +287,19 @@ def create(
     async def reserve(request: web.Request) -> web.Response:
         body = await read_json(request, ReserveIn)
         kind = "cash" if body.asset == USD else "shares"
+        stamp = now()
         async with db.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT * FROM reservations WHERE order_id = ?", (body.order_id,)
+            # Held first: a refusal below rolls it back with the rest.
+            held = await tx.fetchone(
+                "INSERT INTO reservations VALUES (?, ?, ?, ?, 'HELD', NULL, NULL, ?, ?) "
+                "ON CONFLICT (order_id) DO NOTHING RETURNING *",
+                (body.order_id, body.customer_id, body.asset, body.amount, stamp, stamp),
             )
-            if row is not None:
+            if held is None:
+                row = await tx.fetchone(
+                    "SELECT * FROM reservations WHERE order_id = ?", (body.order_id,)
+                )
+                assert row is not None
                 same = (row["customer_id"], row["asset"], row["amount"]) == (
                     body.customer_id,
                     body.asset,
@@ -330,18 +342,9 @@ def create(
                     (reserved(body.customer_id), body.asset, body.amount),
                 ],
             )
-            stamp = now()
-            await tx.execute(
-                "INSERT INTO reservations VALUES (?, ?, ?, ?, 'HELD', NULL, NULL, ?, ?)",
-                (body.order_id, body.customer_id, body.asset, body.amount, stamp, stamp),
-            )
             await bump(tx, body.customer_id)
-            row = await tx.fetchone(
-                "SELECT * FROM reservations WHERE order_id = ?", (body.order_id,)
-            )
         reservations_total.labels(kind, "held").inc()
-        assert row is not None
-        return web.json_response(reservation_json(row), status=201)
+        return web.json_response(reservation_json(held), status=201)
 
     @service.get("/reservations/{order_id}")
     async def get_reservation(request: web.Request) -> web.Response:
@@ -441,9 +444,9 @@ def create(
                 "fee_cents": fee,
                 "cash_delta_cents": cash_delta,
             }
-            await tx.execute(
+            row = await tx.fetchone(
                 "UPDATE reservations SET state = 'SETTLED', settlement = ?, updated_at = ? "
-                "WHERE order_id = ?",
+                "WHERE order_id = ? RETURNING *",
                 (json.dumps(settlement), now(), order_id),
             )
             version = await bump(tx, customer)
@@ -452,7 +455,6 @@ def create(
                 {"order_id": order_id, "customer_id": customer, "version": version, **settlement},
                 key=order_id,
             )
-            row = await tx.fetchone("SELECT * FROM reservations WHERE order_id = ?", (order_id,))
         reservations_total.labels("cash" if asset == USD else "shares", "settled").inc()
         assert row is not None
         return web.json_response(reservation_json(row))

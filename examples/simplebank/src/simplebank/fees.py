@@ -94,17 +94,11 @@ def create(
     async def charge(request: web.Request) -> web.Response:
         body = await read_json(request, ChargeIn)
         fee = fee_for(body.gross_cents)
+        stamp = now()
         async with db.transaction() as tx:
-            row = await tx.fetchone("SELECT * FROM charges WHERE order_id = ?", (body.order_id,))
-            if row is not None:
-                if row["state"] == "REFUNDED":
-                    raise problem(409, "conflict", f"the charge of {body.order_id} was refunded")
-                if (row["customer_id"], row["gross_cents"]) != (body.customer_id, body.gross_cents):
-                    raise problem(409, "conflict", "order already charged with other terms")
-                return web.json_response(charge_json(row), status=200)
-            stamp = now()
-            await tx.execute(
-                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, 'CHARGED', NULL, ?, ?)",
+            charged = await tx.fetchone(
+                "INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, 'CHARGED', NULL, ?, ?) "
+                "ON CONFLICT (order_id) DO NOTHING RETURNING *",
                 (
                     body.order_id,
                     body.customer_id,
@@ -116,15 +110,23 @@ def create(
                     stamp,
                 ),
             )
+            if charged is None:
+                row = await tx.fetchone(
+                    "SELECT * FROM charges WHERE order_id = ?", (body.order_id,)
+                )
+                assert row is not None
+                if row["state"] == "REFUNDED":
+                    raise problem(409, "conflict", f"the charge of {body.order_id} was refunded")
+                if (row["customer_id"], row["gross_cents"]) != (body.customer_id, body.gross_cents):
+                    raise problem(409, "conflict", "order already charged with other terms")
+                return web.json_response(charge_json(row), status=200)
             tx.publish(
                 "fee_charged",
                 {"order_id": body.order_id, "customer_id": body.customer_id, "fee_cents": fee},
                 key=body.order_id,
             )
-            row = await tx.fetchone("SELECT * FROM charges WHERE order_id = ?", (body.order_id,))
-        assert row is not None
         fees_total.labels("charged").inc(fee)
-        return web.json_response(charge_json(row), status=201)
+        return web.json_response(charge_json(charged), status=201)
 
     @service.post("/charges/{order_id}/refund")
     async def refund(request: web.Request) -> web.Response:

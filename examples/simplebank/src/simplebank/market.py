@@ -149,8 +149,16 @@ def create(
         body = await read_json(request, PlaceIn)
         oid = body.order_id
         async with db.transaction() as tx:
-            row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
-            if row is not None:
+            stamp = now()
+            inserted = await tx.execute(
+                "INSERT INTO exchange_orders (order_id, side, symbol, quantity, "
+                "limit_price_cents, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'PLACING', ?, ?) ON CONFLICT (order_id) DO NOTHING",
+                (oid, body.side, body.symbol, body.quantity, body.limit_price_cents, stamp, stamp),
+            )
+            if inserted.rowcount != 1:
+                row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
+                assert row is not None
                 # PLACING: an earlier attempt with this key is in flight, or died with
                 # the process; asking the exchange again with the same key is safe and
                 # gets the one outcome the exchange has for it.
@@ -160,22 +168,6 @@ def create(
                     raise problem(409, "conflict", f"order {oid} was cancelled")
                 if row["status"] == "REJECTED":
                     raise problem(409, row["reason"] or "conflict", f"order {oid} was rejected")
-            else:
-                stamp = now()
-                await tx.execute(
-                    "INSERT INTO exchange_orders (order_id, side, symbol, quantity, "
-                    "limit_price_cents, status, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'PLACING', ?, ?)",
-                    (
-                        oid,
-                        body.side,
-                        body.symbol,
-                        body.quantity,
-                        body.limit_price_cents,
-                        stamp,
-                        stamp,
-                    ),
-                )
         left = remaining_seconds()
         budget = None if left is None else max(0.05, left - answer_margin_seconds)
         try:
@@ -214,13 +206,15 @@ def create(
         async with db.transaction() as tx:
             # The exchange's fill is the truth: it wins over a refusal another attempt
             # with this key recorded (a cancel, if one was asked, still reaches it).
-            updated = await tx.execute(
+            # The answer is decided on the row this transaction wrote or read, never
+            # on a read that may predate the fill.
+            row = await tx.fetchone(
                 "UPDATE exchange_orders SET status = 'FILLED', exchange_order_id = ?, "
                 "price_cents = ?, reason = NULL, updated_at = ? "
-                "WHERE order_id = ? AND status IN ('PLACING', 'REJECTED')",
+                "WHERE order_id = ? AND status IN ('PLACING', 'REJECTED') RETURNING *",
                 (fill["exchange_order_id"], fill["price_cents"], now(), oid),
             )
-            if updated.rowcount == 1:
+            if row is not None:
                 tx.publish(
                     "exchange_order_placed",
                     {
@@ -233,9 +227,8 @@ def create(
                     },
                     key=oid,
                 )
-            # Read in the transaction that wrote it: the answer is decided on the
-            # latest state, never on a read that may predate the fill.
-            row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
+            else:
+                row = await tx.fetchone("SELECT * FROM exchange_orders WHERE order_id = ?", (oid,))
         assert row is not None
         if row["status"] != "FILLED":
             # Cancelled while we were placing it: the cancel reaches the exchange too.

@@ -100,6 +100,9 @@ DEADLINE_MARGIN_SECONDS = 0.5
 _NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?").fullmatch
 _VERSION = re.compile(r"[1-9][0-9]{0,8}").fullmatch
 
+JUST_COMMITTED_MAX = 10_000
+"""Rows committed here whose event was not delivered here yet, kept at most (oldest go)."""
+
 SLIPPAGE_PERCENT = 5
 """A buy is limited to the quote plus this much (a sell to the quote minus this much)."""
 
@@ -173,11 +176,16 @@ async def command(
     return response.json()
 
 
+def _expire(waiter: asyncio.Future[sqlite3.Row | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Watchers:
     """Readers waiting for an order to change (``GET /orders/{id}?wait_seconds=``)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Future[sqlite3.Row]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[sqlite3.Row | None]]] = {}
 
     def changed(self, row: sqlite3.Row) -> None:
         """Hand ``row``, an order's newly committed state, to every reader waiting on it."""
@@ -203,7 +211,7 @@ class Watchers:
         give_up = loop.time() + wait_seconds
         row: sqlite3.Row | None = None
         while True:
-            waiter: asyncio.Future[sqlite3.Row] = loop.create_future()
+            waiter: asyncio.Future[sqlite3.Row | None] = loop.create_future()
             self._waiting.setdefault(order_id, set()).add(waiter)
             try:
                 if row is None:
@@ -213,8 +221,12 @@ class Watchers:
                 left = give_up - loop.time()
                 if row["version"] != version or row["state"] in TERMINAL or left <= 0:
                     return row
-                await asyncio.wait((waiter,), timeout=min(left, RECHECK_SECONDS))
-                row = waiter.result() if waiter.done() else None
+                # A timer, not asyncio.wait: a waiting read is most of a saga's requests.
+                timer = loop.call_later(min(left, RECHECK_SECONDS), _expire, waiter)
+                try:
+                    row = await waiter  # the committed row, or None: read it again
+                finally:
+                    timer.cancel()
             finally:
                 waiting = self._waiting.get(order_id)
                 if waiting is not None:
@@ -229,6 +241,9 @@ class Saga:
     def __init__(self, service: Service, db: Database) -> None:
         self.db = db
         self.watchers = Watchers()
+        # Each order's row as this process last committed it, until the event that
+        # announces that version is delivered here (see on_event).
+        self._just_committed: dict[str, sqlite3.Row] = {}
         self.accounts = service.client("accounts")
         self.market = service.client("market")
         self.fees = service.client("fees")
@@ -248,10 +263,28 @@ class Saga:
             ("side", "outcome"),
         )
 
+    def committed(self, row: sqlite3.Row) -> None:
+        """``row`` was just committed here: wake its readers, keep it for its event."""
+        order_id = row["order_id"]
+        remembered = self._just_committed
+        remembered.pop(order_id, None)
+        if row["state"] not in TERMINAL:
+            if len(remembered) >= JUST_COMMITTED_MAX:
+                del remembered[next(iter(remembered))]
+            remembered[order_id] = row
+        self.watchers.changed(row)
+
     async def on_event(self, event: Event) -> None:
-        """Handler of orders' own events: advance the order if the event is current."""
+        """Handler of orders' own events: advance the order if the event is current.
+
+        The first delivery here of the event a commit here published takes the row
+        that commit returned instead of reading it again (the step's update checks
+        the version anyway); any other delivery, a redelivery included, reads it.
+        """
         order_id, version = event.data.get("order_id"), event.data.get("version")
-        row = await self.db.fetchone("SELECT * FROM orders WHERE order_id = ?", (order_id,))
+        row = self._just_committed.pop(order_id, None) if isinstance(order_id, str) else None
+        if row is None or row["version"] != version:
+            row = await self.db.fetchone("SELECT * FROM orders WHERE order_id = ?", (order_id,))
         if row is None or row["version"] != version:
             log.debug(
                 "stale or duplicate %s for %s ignored",
@@ -491,7 +524,7 @@ class Saga:
                 },
                 key=row["order_id"],
             )
-        self.watchers.changed(new)
+        self.committed(new)
         log.info(
             "order %s is %s",
             row["order_id"],
@@ -603,11 +636,11 @@ def create(
                     ):
                         raise problem(409, "conflict", "Idempotency-Key reused for another order")
                     return web.json_response(order_json(row), status=200)
-            await tx.execute(
+            row = await tx.fetchone(
                 "INSERT INTO orders (order_id, customer_id, side, symbol, quantity, state, "
                 "version, limit_price_cents, reserved_asset, reserved_amount, idempotency_key, "
                 "created_ts, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'PENDING', 1, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, 'PENDING', 1, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     oid,
                     customer,
@@ -636,8 +669,8 @@ def create(
                 },
                 key=oid,
             )
-            row = await tx.fetchone("SELECT * FROM orders WHERE order_id = ?", (oid,))
         assert row is not None
+        saga.committed(row)
         log.info(
             "order %s is PENDING: %s %d %s",
             oid,
