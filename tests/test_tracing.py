@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pytest_aiohttp import AiohttpClient
@@ -393,6 +394,53 @@ async def test_without_an_endpoint_ids_exist_for_logs_but_nothing_is_exported(
     assert not [t for t in threading.enumerate() if t.name.startswith(BATCH_THREAD)]
 
 
+@pytest.mark.parametrize("flags", ["01", "00"])
+async def test_without_a_span_processor_spans_carry_ids_only_until_one_is_added(
+    aiohttp_client: AiohttpClient, logs: LogCapture, flags: str
+) -> None:
+    service = Service("shop", settings=quick_settings())  # no exporter, no endpoint
+    seen: list[tuple[bool, trace.SpanContext]] = []
+
+    def note() -> None:
+        span = trace.get_current_span()
+        seen.append((span.is_recording(), span.get_span_context()))
+
+    @traced("inner")
+    async def inner() -> None:
+        note()
+
+    @service.get("/r")
+    async def r(request: web.Request) -> web.Response:
+        note()
+        await inner()
+        return web.json_response({"outbound": inject_headers({})})
+
+    client = await aiohttp_client(service.app)
+    parent = f"00-{TRACE_ID}-{PARENT_ID}-{flags}"
+    body = await (await client.get("/r", headers={"traceparent": parent})).json()
+
+    (server_recording, server), (inner_recording, child) = seen
+    assert not server_recording and not inner_recording  # nothing would receive them
+    assert f"{server.trace_id:032x}" == f"{child.trace_id:032x}" == TRACE_ID
+    assert len({server.span_id, child.span_id, int(PARENT_ID, 16)}) == 3  # fresh span ids
+    # The sampler (parent-based) still decides, and downstream hears it.
+    assert body["outbound"]["traceparent"] == f"00-{TRACE_ID}-{server.span_id:016x}-{flags}"
+    assert server.trace_flags.sampled is child.trace_flags.sampled is (flags == "01")
+    (access,) = logs.find(logger="chassis.access", route="/r")
+    assert (access["trace_id"], access["span_id"]) == (TRACE_ID, f"{server.span_id:016x}")
+
+    # A processor added while serving (as capture_spans does) gets recorded spans at once.
+    exporter = InMemorySpanExporter()
+    tracing = service.tracing
+    assert tracing.provider is not None
+    tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen.clear()
+    await client.get("/r", headers={"traceparent": parent})
+    assert [recording for recording, _ in seen] == [flags == "01"] * 2
+    names = sorted(span.name for span in exporter.get_finished_spans())
+    assert names == (["GET /r", "inner"] if flags == "01" else [])
+
+
 async def test_always_off_sampler_still_gives_log_lines_ids_but_records_nothing(
     aiohttp_client: AiohttpClient, exporter: InMemorySpanExporter, logs: LogCapture
 ) -> None:
@@ -520,11 +568,13 @@ async def test_tasks_started_by_a_lifespan_use_the_service_tracer(
 
     async with service.running(port=0):
         await asyncio.wait_for(done.wait(), 10)
-        assert current_tracer() is service.tracing.tracer
+        running_tracer = service.tracing.tracer
+        assert current_tracer() is running_tracer
     (span,) = exporter.get_finished_spans()
     assert span.name == "background tick"
     assert span.resource.attributes["service.name"] == "shop"
-    assert not isinstance(current_tracer(), SdkTracer)  # back to the global API tracer
+    assert current_tracer() is not running_tracer  # back to the global API tracer
+    assert not isinstance(current_tracer(), SdkTracer)
 
 
 # -- provider, resource, lifecycle --------------------------------------------------------

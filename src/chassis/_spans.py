@@ -42,7 +42,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Tracer
 
-__all__ = ["ServerSpan", "start_server_span"]
+__all__ = ["ServerSpan", "start_id_only_span", "start_server_span"]
 
 log = logging.getLogger("chassis.tracing")
 
@@ -220,6 +220,40 @@ class ServerSpan(trace.Span, ReadableSpan):
         super().__exit__(exc_type, exc_val, exc_tb)
 
 
+def _identify(
+    tracer: Tracer,
+    name: str,
+    parent: Context | None,
+    kind: SpanKind,
+    attributes: dict[str, Any] | Attributes,
+    links: Sequence[Link] | None,
+) -> tuple[SpanContext, SpanContext, Any]:
+    """The SDK tracer's first steps for a new span: its context (the parent's trace or
+    a new one, a new span id, the sampler's decision in the flags and trace state),
+    the parent's span context and the sampling result."""
+    parent_context = trace.get_current_span(parent).get_span_context()
+    ids = tracer.id_generator
+    if parent_context.is_valid:
+        trace_id = parent_context.trace_id
+        random_id = parent_context.trace_flags & _RANDOM
+    else:
+        trace_id = ids.generate_trace_id()
+        is_random = getattr(ids, "is_trace_id_random", None)
+        random_id = _RANDOM if _RANDOM and is_random is not None and is_random() else 0
+    sampled = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+    flags = _SAMPLED if sampled.decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+    if random_id:
+        flags = TraceFlags(flags | random_id)
+    context = SpanContext(
+        trace_id,
+        ids.generate_span_id(),
+        is_remote=False,
+        trace_flags=flags,
+        trace_state=sampled.trace_state,
+    )
+    return context, parent_context, sampled
+
+
 def start_server_span(
     tracer: Tracer,
     name: str,
@@ -232,33 +266,29 @@ def start_server_span(
     ``attributes`` must be valid OpenTelemetry values (the middleware builds them);
     the dict becomes the span's own.
     """
-    parent_context = trace.get_current_span(parent).get_span_context()
-    ids = tracer.id_generator
-    if parent_context.is_valid:
-        trace_id = parent_context.trace_id
-        random_id = parent_context.trace_flags & _RANDOM
-        remote_parent: SpanContext | None = parent_context
-    else:
-        trace_id = ids.generate_trace_id()
-        is_random = getattr(ids, "is_trace_id_random", None)
-        random_id = _RANDOM if _RANDOM and is_random is not None and is_random() else 0
-        remote_parent = None
-    sampled = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, None)
-    decision = sampled.decision
-    flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
-    if random_id:
-        flags = TraceFlags(flags | random_id)
-    context = SpanContext(
-        trace_id,
-        ids.generate_span_id(),
-        is_remote=False,
-        trace_flags=flags,
-        trace_state=sampled.trace_state,
-    )
-    if decision is Decision.DROP:
+    context, parent_context, sampled = _identify(tracer, name, parent, kind, attributes, None)
+    if sampled.decision is Decision.DROP:
         return NonRecordingSpan(context)
     if sampled.attributes:
         attributes.update(sampled.attributes)
+    remote_parent = parent_context if parent_context.is_valid else None
     span = ServerSpan(name, context, remote_parent, kind, attributes, tracer, _time_ns())
     span._processor.on_start(cast(Any, span), parent_context=parent)
     return span
+
+
+def start_id_only_span(
+    tracer: Tracer,
+    name: str,
+    parent: Context | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Attributes = None,
+    links: Sequence[Link] | None = None,
+) -> NonRecordingSpan:
+    """A span with the ids ``tracer.start_span`` would give it, and nothing else.
+
+    Same trace id, a new span id, the sampler's decision in its flags and trace
+    state: enough for log lines, exemplars and the ``traceparent`` of outgoing
+    calls, for a tracer whose spans no processor would receive.
+    """
+    return NonRecordingSpan(_identify(tracer, name, parent, kind, attributes, links)[0])

@@ -58,7 +58,9 @@ from collections.abc import (
     Iterable,
     Mapping,
     MutableMapping,
+    Sequence,
 )
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -69,9 +71,9 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.util.types import Attributes, AttributeValue
 
-from ._spans import start_server_span
+from ._spans import start_id_only_span, start_server_span
 from ._version import __version__
 from .config import ChassisSettings, TracingSettings, env_var_name
 from .exceptions import ConfigError, LifecycleError
@@ -123,6 +125,86 @@ _in_context = trace.set_span_in_context
 _current: contextvars.ContextVar[Tracing | None] = contextvars.ContextVar(
     "chassis_tracing", default=None
 )
+
+
+class _ServiceTracer(trace.Tracer):
+    """A service's tracer: the SDK's while a span processor listens, ids only otherwise.
+
+    A span no processor receives is built, timed, annotated and thrown away at its
+    end. With no exporter configured and no processor added since (the test kit's
+    :func:`~chassis.testing.capture_spans` adds one), this tracer hands out
+    non-recording spans instead, with the same ids and sampling decision: log lines,
+    exemplars and the ``traceparent`` of outgoing calls and events stay correct, and
+    ``span.is_recording()`` tells code that annotation would be wasted.
+    """
+
+    def __init__(self, sdk: SdkTracer) -> None:
+        self.sdk = sdk
+        # The provider's multi-processor; a kind without the tuple always records.
+        self._processor = sdk.span_processor
+
+    @property
+    def recording(self) -> bool:
+        """Whether spans started now are recorded (some processor would receive them)."""
+        return getattr(self._processor, "_span_processors", True) != ()
+
+    def start_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        """The SDK's span when recording, else a span with its ids only."""
+        if self.recording:
+            return self.sdk.start_span(
+                name,
+                context,
+                kind,
+                attributes,
+                links,
+                start_time,
+                record_exception,
+                set_status_on_exception,
+            )
+        return start_id_only_span(self.sdk, name, context, kind, attributes, links)
+
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> AbstractContextManager[trace.Span]:
+        """:meth:`start_span` made the current span for a ``with`` block (or a decorated
+        function), as the SDK tracer's method does."""
+        if self.recording:
+            return self.sdk.start_as_current_span(
+                name,
+                context,
+                kind,
+                attributes,
+                links,
+                start_time,
+                record_exception,
+                set_status_on_exception,
+                end_on_exit,
+            )
+        return trace.use_span(
+            start_id_only_span(self.sdk, name, context, kind, attributes, links),
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
 
 
 def current_tracer() -> trace.Tracer:
@@ -238,7 +320,7 @@ class Tracing:
         self.provider: TracerProvider | None = None
         self.instance_id = ""
         self._resolved: TracingSettings | None = None
-        self._tracer: trace.Tracer | None = None
+        self._tracer: _ServiceTracer | None = None
 
     def __repr__(self) -> str:
         state = "running" if self._tracer is not None else "stopped"
@@ -369,7 +451,9 @@ class Tracing:
                 )
             )
         self.provider = provider
-        self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        self._tracer = _ServiceTracer(
+            cast("SdkTracer", provider.get_tracer(INSTRUMENTATION_NAME, __version__))
+        )
 
     async def flush(self) -> bool:
         """Export every finished span now (in a thread); ``False`` if it timed out.
@@ -410,7 +494,10 @@ class Tracing:
         # Attributes go in at creation: samplers may use them (as the semantic
         # conventions ask), and the SDK sets them in one pass instead of one by one.
         attributes = self._describe(request, method if known else "_OTHER", route)
-        span = start_server_span(cast("SdkTracer", tracer), name, parent, _SERVER, attributes)
+        if tracer.recording:
+            span = start_server_span(tracer.sdk, name, parent, _SERVER, attributes)
+        else:
+            span = start_id_only_span(tracer.sdk, name, parent, _SERVER, attributes)
         token = _attach(_in_context(span, parent))
         current = _current.set(self)
         try:
