@@ -355,9 +355,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def clean_env() -> dict[str, str]:
-    """This environment without CHASSIS_* and OTEL_* (the servers get theirs from here)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("CHASSIS_", "OTEL_"))}
+def clean_env(event_loop: str = "asyncio") -> dict[str, str]:
+    """This environment without CHASSIS_* and OTEL_* (the servers get theirs from here),
+    with the servers' event loop (``CHASSIS_RUNTIME__EVENT_LOOP``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHASSIS_", "OTEL_"))}
+    env["CHASSIS_RUNTIME__EVENT_LOOP"] = event_loop
+    return env
 
 
 @contextlib.contextmanager
@@ -400,13 +403,20 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def embedded(work: Path) -> AsyncIterator[tuple[dict[str, str], list[int], dict[str, Any]]]:
+async def embedded(
+    work: Path, event_loop: str
+) -> AsyncIterator[tuple[dict[str, str], list[int], dict[str, Any]]]:
     """The demo's one-process bank; yields its URLs, server pids, a dict for its verdict."""
     verdict: dict[str, Any] = {}
     log = work / "embedded.log"
     with children() as procs, log.open("wb") as err:
         cmd = [sys.executable, str(EMBEDDED_APP), str(work / "data")]
-        spawn = {"env": clean_env(), "stdout": subprocess.PIPE, "stderr": err, "text": True}
+        spawn = {
+            "env": clean_env(event_loop),
+            "stdout": subprocess.PIPE,
+            "stderr": err,
+            "text": True,
+        }
         proc = await asyncio.to_thread(subprocess.Popen, cmd, **spawn)
         procs.append(proc)
         assert proc.stdout is not None
@@ -494,9 +504,11 @@ def start_rabbitmq(work: Path, procs: list[subprocess.Popen[Any]]) -> str:
     return f"amqp://guest:guest@{HOST}:{port}/"
 
 
-def service_env(name: str, data: Path, consul: str, amqp: str, secret: str) -> dict[str, str]:
+def service_env(
+    name: str, data: Path, consul: str, amqp: str, secret: str, event_loop: str
+) -> dict[str, str]:
     """The demo's settings as ``CHASSIS_*`` variables, with Consul and RabbitMQ."""
-    env = clean_env()
+    env = clean_env(event_loop)
     env.update(
         {
             "CHASSIS_DISCOVERY__BACKEND": "consul",
@@ -520,18 +532,18 @@ def service_env(name: str, data: Path, consul: str, amqp: str, secret: str) -> d
 
 @contextlib.asynccontextmanager
 async def multiprocess(
-    work: Path, amqp_url: str | None
+    work: Path, amqp_url: str | None, event_loop: str
 ) -> AsyncIterator[tuple[dict[str, str], list[int], dict[str, Any]]]:
     """One process per service; yields their URLs, server pids, a dict for the verdict."""
     verdict: dict[str, Any] = {}
     with children() as procs:
-        urls, pids = await asyncio.to_thread(start_services, work, amqp_url, procs)
+        urls, pids = await asyncio.to_thread(start_services, work, amqp_url, procs, event_loop)
         yield urls, pids, verdict
         verdict.update(await _settled_invariants(urls))
 
 
 def start_services(
-    work: Path, amqp_url: str | None, procs: list[subprocess.Popen[Any]]
+    work: Path, amqp_url: str | None, procs: list[subprocess.Popen[Any]], event_loop: str
 ) -> tuple[dict[str, str], list[int]]:
     """Broker, Consul stand-in, exchange and every service; their URLs and pids."""
     from simplebank.services import SERVICES
@@ -544,7 +556,7 @@ def start_services(
     bank = [sys.executable, "-m", "simplebank"]
     log = work / "services.log"
     with log.open("ab") as out:
-        spawn = {"env": clean_env(), "stdout": out, "stderr": subprocess.STDOUT}
+        spawn = {"env": clean_env(event_loop), "stdout": out, "stderr": subprocess.STDOUT}
         procs.append(subprocess.Popen([*bank, "consul", "--port", str(consul_port)], **spawn))
         pids = [procs[-1].pid]
         wait_until("consul stand-in", lambda: _answers(consul + "/v1/catalog/services"), procs, log)
@@ -559,7 +571,7 @@ def start_services(
         urls = {}
         for (name, target), port in zip(SERVICES.items(), ports, strict=True):
             cmd = [sys.executable, "-m", "chassis", "run", target, "--port", str(port)]
-            env = service_env(name, data, consul, amqp, secret)
+            env = service_env(name, data, consul, amqp, secret, event_loop)
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
             pids.append(procs[-1].pid)
             urls[name] = f"http://{HOST}:{port}"
@@ -591,7 +603,11 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"saga-bench-{mode}-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # the broker's user must reach its directory under it
-        deployment = embedded(work) if mode == "embedded" else multiprocess(work, args.amqp_url)
+        deployment = (
+            embedded(work, args.event_loop)
+            if mode == "embedded"
+            else multiprocess(work, args.amqp_url, args.event_loop)
+        )
         async with deployment as (urls, pids, verdict):
             rounds = await drive(
                 urls,
@@ -731,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an order not terminal after this long counts as timed out",
     )
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting one")
+    parser.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the servers' event loop (CHASSIS_RUNTIME__EVENT_LOOP; uvloop needs the extra)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -131,3 +131,82 @@ def test_chassis_run_serves_hello_and_the_three_probes(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+LOOP_APP = """
+import asyncio
+
+from aiohttp import web
+
+from chassis import Service
+
+service = Service("loops")
+
+
+@service.get("/loop")
+async def loop(request: web.Request) -> web.Response:
+    kind = type(asyncio.get_running_loop())
+    return web.json_response({"loop": f"{kind.__module__}.{kind.__qualname__}"})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("event_loop", "module"), [("asyncio", "asyncio."), ("uvloop", "uvloop.")])
+def test_chassis_run_serves_on_the_configured_event_loop(
+    tmp_path: Path, event_loop: str, module: str
+) -> None:
+    (tmp_path / "loops.py").write_text(LOOP_APP)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CHASSIS_HEALTH__DRAIN_DELAY_SECONDS": "0",
+        "CHASSIS_RUNTIME__EVENT_LOOP": event_loop,
+    }
+    with (tmp_path / "out").open("wb") as out:
+        proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "run", "loops.py:service", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/loop", timeout=5) as resp:
+                    body = resp.read().decode()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "out").read_text()
+                assert proc.poll() is None, (tmp_path / "out").read_text()
+                time.sleep(0.1)
+        assert f'"loop": "{module}' in body
+        proc.send_signal(signal.SIGTERM)  # the signal handlers work on either loop
+        assert proc.wait(30) == 0
+        assert "stopped" in (tmp_path / "out").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_uvloop_asked_for_but_missing_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    monkeypatch.setenv("CHASSIS_RUNTIME__EVENT_LOOP", "uvloop")
+    monkeypatch.chdir(REPO)
+    assert main(["run", "examples/hello/app.py:service"]) == 2
+    err = capsys.readouterr().err
+    assert "CHASSIS_RUNTIME__EVENT_LOOP" in err and "aiochassis[uvloop]" in err
+    assert "Traceback" not in err
+
+
+def test_an_unknown_event_loop_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHASSIS_RUNTIME__EVENT_LOOP", "tokio")
+    monkeypatch.chdir(REPO)
+    assert main(["run", "examples/hello/app.py:service"]) == 2
+    assert "CHASSIS_RUNTIME__EVENT_LOOP" in capsys.readouterr().err

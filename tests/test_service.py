@@ -12,13 +12,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from chassis import SERVICE_KEY, SETTINGS_KEY, LifecycleError, Service
+from chassis import SERVICE_KEY, SETTINGS_KEY, ConfigError, LifecycleError, Service
+from chassis.config import RuntimeSettings
+from chassis.service import run_on_event_loop
 
 from .conftest import REPO, quick_settings
 
@@ -349,3 +351,34 @@ async def test_serve_tunes_the_collector_while_serving_and_restores_it(
     else:
         assert seen["threshold"] == list(before) and seen["frozen"] == 0
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+async def _loop_kind(answer: int) -> tuple[str, int]:
+    return type(asyncio.get_running_loop()).__module__, answer
+
+
+@pytest.mark.parametrize(("event_loop", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_run_on_event_loop_runs_on_the_named_loop_and_returns_the_result(
+    event_loop: Literal["asyncio", "uvloop"], module: str
+) -> None:
+    seen = run_on_event_loop(_loop_kind(42), RuntimeSettings(event_loop=event_loop))
+    assert seen[0].split(".")[0] == module and seen[1] == 42
+
+
+def test_run_on_event_loop_reads_the_environment_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHASSIS_RUNTIME__EVENT_LOOP", "uvloop")
+    assert run_on_event_loop(_loop_kind(1))[0].startswith("uvloop")
+
+
+def test_run_on_event_loop_without_uvloop_names_the_variable_and_closes_the_coroutine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    main = _loop_kind(1)
+    with pytest.raises(ConfigError) as caught:
+        run_on_event_loop(main, RuntimeSettings(event_loop="uvloop"))
+    assert caught.value.errors[0][0] == "CHASSIS_RUNTIME__EVENT_LOOP"
+    assert "aiochassis[uvloop]" in str(caught.value)
+    assert main.cr_frame is None  # closed: never run, and no "never awaited" warning

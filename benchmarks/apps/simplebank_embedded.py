@@ -22,6 +22,8 @@ from simplebank.exchange import DEFAULT_PRICES, Exchange
 from simplebank.services import run_services
 from simplebank.testing import check_invariants
 
+from chassis.service import run_on_event_loop
+
 SETTLE_TIMEOUT_SECONDS = 60.0
 
 
@@ -53,4 +55,5 @@ async def serve(data_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(serve(Path(sys.argv[1]))))
+    # On the loop CHASSIS_RUNTIME__EVENT_LOOP names, as `chassis run` would serve.
+    sys.exit(run_on_event_loop(serve(Path(sys.argv[1]))))

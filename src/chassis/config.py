@@ -112,6 +112,12 @@ class RuntimeSettings(_Section):
     """Allocations between collections of the youngest generation (Python's default is
     700): fewer collections of short-lived request objects. ``0`` keeps the
     interpreter's setting."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop ``Service.run()`` serves on: ``asyncio``'s own, or ``uvloop``, a
+    drop-in loop written in C on libuv that spends less CPU per request and per
+    socket (the ``uvloop`` extra: ``pip install 'aiochassis[uvloop]'``; Linux and
+    macOS). Chosen before the loop exists, so ``Service.running()`` and ``serve()``,
+    which run on the caller's loop, ignore it."""
 
 
 class HealthSettings(_Section):

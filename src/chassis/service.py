@@ -35,7 +35,7 @@ import logging
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -43,11 +43,11 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from .client import Clients, DeadlinePropagation, ServiceClient
-from .config import ChassisSettings, RuntimeSettings, load_settings
+from .config import ChassisSettings, RuntimeSettings, env_var_name, load_settings
 from .db import Database
 from .discovery.capability import Discovery
 from .events import Events
-from .exceptions import LifecycleError
+from .exceptions import ConfigError, LifecycleError
 from .health import Health
 from .http import RequestPipeline
 from .introspection import Introspection
@@ -56,12 +56,20 @@ from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .tracing import Tracing
 
-__all__ = ["SERVICE_KEY", "SETTINGS_KEY", "Capability", "RunningService", "Service"]
+__all__ = [
+    "SERVICE_KEY",
+    "SETTINGS_KEY",
+    "Capability",
+    "RunningService",
+    "Service",
+    "run_on_event_loop",
+]
 
 log = logging.getLogger("chassis.service")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 LifespanT = TypeVar("LifespanT", bound=Callable[[web.Application], AsyncIterator[None]])
+T = TypeVar("T")
 
 _NAME_OK = re.compile(r"[a-z][a-z0-9_-]{0,62}").fullmatch
 
@@ -415,10 +423,15 @@ class Service:
     def run(self, host: str | None = None, port: int | None = None) -> None:
         """Configure logging, serve until SIGTERM/SIGINT, drain, return.
 
+        The event loop is the kind ``CHASSIS_RUNTIME__EVENT_LOOP`` names (``asyncio``'s
+        own by default, or ``uvloop``); see :func:`run_on_event_loop`.
+
         Raises:
-            ConfigError: invalid settings, before anything starts.
+            ConfigError: invalid settings, or ``uvloop`` asked for and not installed,
+                before anything starts.
         """
         settings = self.settings
+        run = _loop_runner(settings.runtime)  # fails before logging is set up
         handler = configure_logging(
             settings.log,
             service=self.name,
@@ -426,9 +439,52 @@ class Service:
             environment=settings.environment,
         )
         try:
-            asyncio.run(self.serve(host, port))
+            run(self.serve(host, port))
         finally:
             handler.flush()
+
+
+def run_on_event_loop(main: Coroutine[Any, Any, T], runtime: RuntimeSettings | None = None) -> T:
+    """Run ``main`` to completion on a new event loop of the kind ``runtime`` names, as
+    :meth:`Service.run` does, and return its result.
+
+    ``runtime`` defaults to the ``CHASSIS_RUNTIME__*`` variables: for a process that
+    serves several services itself (SimpleBank's embedded mode) and wants the same
+    loop as ``chassis run``.
+
+    Raises:
+        ConfigError: ``uvloop`` is asked for and cannot be imported, or a
+            ``CHASSIS_*`` variable is invalid (``main`` is then closed, never run).
+    """
+    try:
+        run = _loop_runner(load_settings().runtime if runtime is None else runtime)
+    except ConfigError:
+        main.close()  # never awaited, and no warning saying so
+        raise
+    result: T = run(main)
+    return result
+
+
+def _loop_runner(runtime: RuntimeSettings) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """``asyncio.run`` or ``uvloop.run``, as ``runtime.event_loop`` says.
+
+    Raises:
+        ConfigError: ``uvloop`` is asked for and cannot be imported.
+    """
+    if runtime.event_loop == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            [
+                (
+                    env_var_name(("runtime", "event_loop")),
+                    "uvloop is not installed: pip install 'aiochassis[uvloop]'",
+                )
+            ]
+        ) from None
+    return uvloop.run
 
 
 @contextlib.contextmanager

@@ -375,10 +375,11 @@ async def run_phase(bank: Bank, name: str, fault: Fault) -> Phase:
     bank.load.phase = phase
     stop = asyncio.Event()
     load = asyncio.create_task(bank.load.run(bank.customers, bank.plan, stop))
-    hits_before = bank.exchange.upstream.hits
     loop = asyncio.get_running_loop()
     try:
         await asyncio.sleep(bank.plan.lead_seconds)
+        # Counted from the fault's start: the lead's fills are ordinary traffic.
+        hits_before = bank.exchange.upstream.hits
         started = loop.time()
         await fault(bank)
         if "exchange outage" in name:
