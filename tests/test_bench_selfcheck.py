@@ -9,8 +9,10 @@ when it has those capabilities).
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -92,3 +94,24 @@ def test_self_check_starts_both_servers_and_they_agree() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "self-check: ok" in proc.stdout
+
+
+def test_floor_bench_measures_each_part(tmp_path: Path) -> None:
+    """``benchmarks/floor_bench.py`` runs and writes one positive figure per part."""
+    out = tmp_path / "floor.json"
+    script = REPO / "benchmarks" / "floor_bench.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--number", "5", "--repeat", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) == {
+        "http_get_round_trip_us",
+        "http_post_round_trip_us",
+        "sqlite_write_transaction_us",
+    }
+    assert all(value > 0 for value in figures.values())
+    assert "sqlite_write_transaction_us" in proc.stdout
