@@ -457,6 +457,38 @@ async def test_always_off_sampler_still_gives_log_lines_ids_but_records_nothing(
 # -- @traced ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("recording", [False, True])
+async def test_the_service_tracer_as_a_decorator_starts_a_span_per_call(
+    aiohttp_client: AiohttpClient, recording: bool
+) -> None:
+    exporter = InMemorySpanExporter() if recording else None
+    service = build(exporter)
+    seen: list[tuple[bool, int]] = []
+
+    @service.get("/twice")
+    async def twice(request: web.Request) -> web.Response:
+        tracer = current_tracer()
+
+        @tracer.start_as_current_span("step")
+        async def step() -> None:
+            span = trace.get_current_span()
+            seen.append((span.is_recording(), span.get_span_context().span_id))
+
+        await step()
+        await step()
+        with tracer.start_as_current_span("block") as block:
+            seen.append((block.is_recording(), block.get_span_context().span_id))
+        return web.json_response({})
+
+    client = await aiohttp_client(service.app)
+    assert (await client.get("/twice")).status == 200
+    assert [r for r, _ in seen] == [recording] * 3
+    assert len({span_id for _, span_id in seen}) == 3  # a new span each call and block
+    if exporter is not None:
+        names = [s.name for s in await finished(service, exporter)]
+        assert sorted(names) == ["GET /twice", "block", "step", "step"]
+
+
 async def test_traced_spans_are_children_of_the_request_span(
     aiohttp_client: AiohttpClient, service: Service, exporter: InMemorySpanExporter
 ) -> None:

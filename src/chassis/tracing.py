@@ -56,11 +56,11 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     MutableMapping,
     Sequence,
 )
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -71,6 +71,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util._decorator import _agnosticcontextmanager
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from ._spans import start_id_only_span, start_server_span
@@ -173,7 +174,8 @@ class _ServiceTracer(trace.Tracer):
             )
         return start_id_only_span(self.sdk, name, context, kind, attributes, links)
 
-    def start_as_current_span(  # type: ignore[override]
+    @_agnosticcontextmanager
+    def start_as_current_span(
         self,
         name: str,
         context: otel_context.Context | None = None,
@@ -184,27 +186,26 @@ class _ServiceTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> AbstractContextManager[trace.Span]:
-        """:meth:`start_span` made the current span for a ``with`` block (or a decorated
-        function), as the SDK tracer's method does."""
-        if self.recording:
-            return self.sdk.start_as_current_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
-                end_on_exit,
-            )
-        return trace.use_span(
-            start_id_only_span(self.sdk, name, context, kind, attributes, links),
+    ) -> Iterator[trace.Span]:
+        """:meth:`start_span` made the current span for a ``with`` block, or for each
+        call of a decorated function (sync or async), as the SDK tracer's method does."""
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        with trace.use_span(
+            span,
             end_on_exit=end_on_exit,
             record_exception=record_exception,
             set_status_on_exception=set_status_on_exception,
-        )
+        ) as current:
+            yield current
 
 
 def current_tracer() -> trace.Tracer:
