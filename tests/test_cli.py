@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,30 +96,50 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_chassis_run_serves_hello_and_the_three_probes(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _chassis_run(
+    target: str, cwd: Path, out: Path, first_path: str, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, bytes]]:
+    """``chassis run target`` on a free port until ``first_path`` answers 200; yields the
+    process, its base URL and that first answer. Killed at the end if still running."""
     port = _free_port()
-    env = {**os.environ, "CHASSIS_HEALTH__DRAIN_DELAY_SECONDS": "0"}
-    with (tmp_path / "out").open("wb") as out:
+    environ = {**os.environ, "CHASSIS_HEALTH__DRAIN_DELAY_SECONDS": "0", **env}
+    with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "run", "examples/hello/app.py:service", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
+            [str(CONSOLE_SCRIPT), "run", target, "--port", str(port)],
+            cwd=cwd,
+            env=environ,
+            stdout=sink,
             stderr=subprocess.STDOUT,
         )
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(base + "/health/startup", timeout=5) as resp:
+                with urllib.request.urlopen(base + first_path, timeout=5) as resp:
                     assert resp.status == 200
+                    first = resp.read()
                     break
             except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "out").read_text()
-                assert proc.poll() is None, (tmp_path / "out").read_text()
+                assert time.monotonic() < deadline, out.read_text()
+                assert proc.poll() is None, out.read_text()
                 time.sleep(0.1)
+        yield proc, base, first
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.slow
+def test_chassis_run_serves_hello_and_the_three_probes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _chassis_run("examples/hello/app.py:service", REPO, out, "/health/startup") as (
+        proc,
+        base,
+        _,
+    ):
         for path in ("/hello?name=Ada", "/health/live", "/health/ready"):
             with urllib.request.urlopen(base + path, timeout=5) as resp:
                 assert resp.status == 200
@@ -127,10 +149,6 @@ def test_chassis_run_serves_hello_and_the_three_probes(tmp_path: Path) -> None:
         assert b"pass" in body
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 LOOP_APP = """
@@ -156,39 +174,13 @@ def test_chassis_run_serves_on_the_configured_event_loop(
     tmp_path: Path, event_loop: str, module: str
 ) -> None:
     (tmp_path / "loops.py").write_text(LOOP_APP)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CHASSIS_HEALTH__DRAIN_DELAY_SECONDS": "0",
-        "CHASSIS_RUNTIME__EVENT_LOOP": event_loop,
-    }
-    with (tmp_path / "out").open("wb") as out:
-        proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "run", "loops.py:service", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/loop", timeout=5) as resp:
-                    body = resp.read().decode()
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "out").read_text()
-                assert proc.poll() is None, (tmp_path / "out").read_text()
-                time.sleep(0.1)
-        assert f'"loop": "{module}' in body
+    out = tmp_path / "out"
+    loop = {"CHASSIS_RUNTIME__EVENT_LOOP": event_loop}
+    with _chassis_run("loops.py:service", tmp_path, out, "/loop", **loop) as (proc, _, body):
+        assert f'"loop": "{module}' in body.decode()
         proc.send_signal(signal.SIGTERM)  # the signal handlers work on either loop
         assert proc.wait(30) == 0
-        assert "stopped" in (tmp_path / "out").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    assert "stopped" in out.read_text()
 
 
 def test_uvloop_asked_for_but_missing_exits_2_naming_the_variable(
