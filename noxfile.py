@@ -197,7 +197,7 @@ def bench(session: nox.Session) -> None:
     Arguments without a name go to http_bench.py (as before the saga benchmark).
     """
     wheel = build_wheel(session)
-    session.install(f"{wheel}[rabbitmq]")
+    session.install(f"{wheel}[rabbitmq,uvloop]")  # uvloop: saga_bench.py --event-loop uvloop
     which, *args = session.posargs or ["all"]
     if which not in ("all", "http", "saga"):
         which, args = "http", list(session.posargs)
