@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -227,7 +227,7 @@ def _identify(
     kind: SpanKind,
     attributes: dict[str, Any] | Attributes,
     links: Sequence[Link] | None,
-) -> tuple[SpanContext, SpanContext, Any]:
+) -> tuple[SpanContext, SpanContext, SamplingResult]:
     """The SDK tracer's first steps for a new span: its context (the parent's trace or
     a new one, a new span id, the sampler's decision in the flags and trace state),
     the parent's span context and the sampling result."""

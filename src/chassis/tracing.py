@@ -174,6 +174,14 @@ class _ServiceTracer(trace.Tracer):
             )
         return start_id_only_span(self.sdk, name, context, kind, attributes, links)
 
+    def start_server_span(
+        self, name: str, parent: otel_context.Context | None, attributes: dict[str, AttributeValue]
+    ) -> trace.Span:
+        """The server middleware's span: a lean recorded one, or ids only, as above."""
+        if self.recording:
+            return start_server_span(self.sdk, name, parent, _SERVER, attributes)
+        return start_id_only_span(self.sdk, name, parent, _SERVER, attributes)
+
     @_agnosticcontextmanager
     def start_as_current_span(
         self,
@@ -495,10 +503,7 @@ class Tracing:
         # Attributes go in at creation: samplers may use them (as the semantic
         # conventions ask), and the SDK sets them in one pass instead of one by one.
         attributes = self._describe(request, method if known else "_OTHER", route)
-        if tracer.recording:
-            span = start_server_span(tracer.sdk, name, parent, _SERVER, attributes)
-        else:
-            span = start_id_only_span(tracer.sdk, name, parent, _SERVER, attributes)
+        span = tracer.start_server_span(name, parent, attributes)
         token = _attach(_in_context(span, parent))
         current = _current.set(self)
         try:
